@@ -1,0 +1,308 @@
+"""The neural-network operations of TinyGPT, each with its backward written out.
+
+Notation in the docstrings: ``g`` is the gradient arriving at the output (dL/d out), and the
+backward returns dL/d input for each input. Shapes: B batch, T time (sequence), C channels
+(d_model), H heads, D = C / H head width, V vocabulary.
+"""
+import math
+
+import numpy as np
+
+from .autograd import Tensor, as_tensor
+
+# ---------------------------------------------------------------------------- erf and GELU
+_ERF_SERIES_TERMS = 32  # enough for |x| < 2 to float64 rounding (see tests/test_erf.py)
+_ERFC_FRACTION_DEPTH = 40  # enough for |x| >= 2
+
+
+def erf(x):
+    """The error function erf(x) = 2/sqrt(pi) * integral_0^x exp(-t^2) dt, to float64 precision.
+
+    numpy has no erf, so we evaluate two classical expansions, each where it converges fast:
+
+    * |x| < 2, a series of positive terms (no cancellation):
+      erf(x) = 2/sqrt(pi) * exp(-x^2) * sum_n (2x^2)^n x / (1*3*5*...*(2n+1))
+    * |x| >= 2, the continued fraction of the complementary function:
+      erfc(x) = exp(-x^2)/sqrt(pi) * 1/(x + (1/2)/(x + 1/(x + (3/2)/(x + 2/(x + ...)))))
+      and erf(x) = 1 - erfc(x). It is evaluated from a fixed depth upwards.
+
+    erf is odd, so both are computed for |x| and the sign put back. Computed in float64 and
+    returned in the input's float type.
+    """
+    x = np.asarray(x)
+    out_dtype = x.dtype if x.dtype.kind == "f" else np.float64
+    ax = np.abs(x.astype(np.float64))
+    result = np.empty_like(ax)
+
+    near = ax < 2.0
+    xs = ax[near]
+    term, total = xs.copy(), xs.copy()
+    for n in range(1, _ERF_SERIES_TERMS):
+        term *= 2.0 * xs * xs / (2 * n + 1)
+        total += term
+    result[near] = (2.0 / math.sqrt(math.pi)) * np.exp(-xs * xs) * total
+
+    far = ~near  # includes inf (erf = 1) and nan (stays nan)
+    xf = ax[far]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fraction = xf.copy()
+        for n in range(_ERFC_FRACTION_DEPTH, 0, -1):
+            fraction = xf + (n / 2.0) / fraction
+        result[far] = 1.0 - np.exp(-xf * xf) / (math.sqrt(math.pi) * fraction)
+    return (np.sign(x) * result).astype(out_dtype, copy=False)
+
+
+def gelu(x):
+    """Exact GELU: out = x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2, the normal CDF.
+
+    Backward: d out / d x = Phi(x) + x * phi(x), with the normal density phi(x) = exp(-x^2/2)/sqrt(2 pi).
+    """
+    a = x.data
+    cdf = 0.5 * (1.0 + erf(a * (1.0 / math.sqrt(2.0))))
+    out = a * cdf
+
+    def backward(grad):
+        density = np.exp(-0.5 * a * a) * (1.0 / math.sqrt(2.0 * math.pi))
+        return (grad * (cdf + a * density),)
+
+    return Tensor.from_op(out, (x,), backward)
+
+
+# ---------------------------------------------------------------------------- softmax family
+def _softmax(a, axis):
+    """Numerically stable softmax of a numpy array; a row that is all -inf gives zeros, not NaN."""
+    row_max = np.max(a, axis=axis, keepdims=True)
+    row_max = np.where(np.isfinite(row_max), row_max, 0.0)  # a fully masked row has max -inf
+    e = np.exp(a - row_max)
+    total = np.sum(e, axis=axis, keepdims=True)
+    return e / np.where(total > 0, total, 1.0)
+
+
+def softmax(x, axis=-1):
+    """out_i = exp(x_i) / sum_j exp(x_j), computed as exp(x_i - max x) for stability.
+
+    Backward: d x_i = out_i * (g_i - sum_j g_j out_j). A row masked entirely with -inf gives zeros.
+    """
+    out = _softmax(x.data, axis)
+
+    def backward(grad):
+        return (out * (grad - np.sum(grad * out, axis=axis, keepdims=True)),)
+
+    return Tensor.from_op(out, (x,), backward)
+
+
+def log_softmax(x, axis=-1):
+    """out_i = x_i - log sum_j exp(x_j) (log-sum-exp with the max subtracted first).
+
+    Backward: d x_i = g_i - softmax(x)_i * sum_j g_j.
+    """
+    a = x.data
+    row_max = np.max(a, axis=axis, keepdims=True)
+    shifted = a - row_max
+    out = shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+    def backward(grad):
+        return (grad - np.exp(out) * np.sum(grad, axis=axis, keepdims=True),)
+
+    return Tensor.from_op(out, (x,), backward)
+
+
+def masked_fill(x, mask, value):
+    """out = value where mask is True, else x. Backward: d x = g where mask is False, else 0."""
+    mask = np.asarray(mask, dtype=bool)
+    out = np.where(mask, np.asarray(value, dtype=x.dtype), x.data)
+    return Tensor.from_op(out, (x,), lambda grad: (np.where(mask, 0.0, grad).astype(grad.dtype),))
+
+
+# ---------------------------------------------------------------------------- layers
+def linear(input, weight, bias=None):
+    """out = x @ W^T + b, with W of shape (out_features, in_features), as in torch.nn.Linear.
+
+    Backward (x flattened to rows X of shape (N, in)):
+    d X = G @ W,  d W = G^T @ X,  d b = sum of G over rows.
+    """
+    a, w = input.data, weight.data
+    out = a @ w.T  # (..., in) -> (..., out)
+    if bias is not None:
+        out = out + bias.data
+
+    def backward(grad):
+        rows_in = a.reshape(-1, a.shape[-1])  # (N, in)
+        rows_grad = grad.reshape(-1, grad.shape[-1])  # (N, out)
+        grads = [grad @ w, rows_grad.T @ rows_in]
+        if bias is not None:
+            grads.append(rows_grad.sum(axis=0))
+        return grads
+
+    parents = (input, weight) if bias is None else (input, weight, bias)
+    return Tensor.from_op(out, parents, backward)
+
+
+def embedding(ids, weight):
+    """out[..., :] = W[ids[...], :], a row lookup.
+
+    Backward: d W[i] = sum of g over every position whose id is i (a scatter-add: ``np.add.at``
+    sums repeated ids instead of keeping only the last one).
+    """
+    ids = np.asarray(ids)
+    w = weight.data
+
+    def backward(grad):
+        grad_w = np.zeros_like(w)
+        np.add.at(grad_w, ids.reshape(-1), grad.reshape(-1, w.shape[1]))
+        return (grad_w,)
+
+    return Tensor.from_op(w[ids], (weight,), backward)  # (B, T) -> (B, T, C)
+
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    """Layer normalisation over the last axis, as torch.nn.LayerNorm.
+
+    Forward, per row of C numbers: mu = mean(x), var = mean((x - mu)^2) (biased),
+    r = 1 / sqrt(var + eps), xhat = (x - mu) * r, out = xhat * w + b.
+
+    Backward: d w = sum over rows of g * xhat, d b = sum over rows of g, and with gh = g * w:
+    d x = r * (gh - mean(gh) - xhat * mean(gh * xhat))
+    (the two means remove the parts of the gradient that shifting or scaling the row cannot change).
+    """
+    a = x.data
+    mean = a.mean(axis=-1, keepdims=True)
+    centred = a - mean
+    rstd = 1.0 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + eps)
+    xhat = centred * rstd
+    out = xhat * weight.data + bias.data
+
+    def backward(grad):
+        grad_xhat = grad * weight.data
+        grad_x = rstd * (
+            grad_xhat
+            - grad_xhat.mean(axis=-1, keepdims=True)
+            - xhat * (grad_xhat * xhat).mean(axis=-1, keepdims=True)
+        )
+        rows = (-1, a.shape[-1])
+        grad_w = (grad * xhat).reshape(rows).sum(axis=0)
+        grad_b = grad.reshape(rows).sum(axis=0)
+        return grad_x, grad_w, grad_b
+
+    return Tensor.from_op(out, (x, weight, bias), backward)
+
+
+def dropout_mask(shape, p, rng, dtype):
+    """The scaled keep-mask of inverted dropout: 1/(1-p) with probability 1-p, else 0."""
+    keep = rng.random(shape) >= p
+    return keep.astype(dtype) * (1.0 / (1.0 - p))
+
+
+def dropout(x, p, training, rng=None, mask=None):
+    """Inverted dropout: in training out = x * m with m = keep / (1 - p), keep ~ Bernoulli(1 - p).
+
+    The expected value of out equals x, so evaluation is the identity (no rescaling then).
+    Backward: d x = g * m. ``mask`` may be given (tests use a fixed one); otherwise it is drawn
+    from ``rng``.
+    """
+    if not training or p == 0.0:
+        return x
+    if mask is None:
+        if rng is None:
+            raise ValueError("dropout in training mode needs a random generator (rng) or a mask")
+        mask = dropout_mask(x.shape, p, rng, x.dtype)
+    return x * Tensor(mask)
+
+
+# ---------------------------------------------------------------------------- attention
+def causal_mask(T):
+    """(T, T) boolean, True above the diagonal: position t may not look at positions after t."""
+    return np.triu(np.ones((T, T), dtype=bool), k=1)
+
+
+def scaled_dot_product_attention(q, k, v, causal=True, dropout_p=0.0, training=False, rng=None):
+    """softmax(q k^T / sqrt(D) + mask) v, over (B, H, T, D) tensors.
+
+    Built from ops that each carry their backward: matmul, scale, -inf mask, softmax,
+    dropout on the attention weights (training only), matmul.
+    """
+    T, D = q.shape[-2], q.shape[-1]
+    scores = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(D))  # (B, H, T, D) x (B, H, D, T) -> (B, H, T, T)
+    if causal:
+        scores = masked_fill(scores, causal_mask(T), -np.inf)
+    weights = softmax(scores, axis=-1)
+    weights = dropout(weights, dropout_p, training, rng)
+    return weights @ v  # (B, H, T, T) x (B, H, T, D) -> (B, H, T, D)
+
+
+def multi_head_attention(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, n_heads,
+                         causal=True, dropout_p=0.0, training=False, rng=None):
+    """Self-attention as torch.nn.MultiheadAttention computes it, with the packed input projection.
+
+    in_proj_weight (3C, C) stacks W_q, W_k, W_v: one matmul gives q, k and v side by side.
+    """
+    B, T, C = x.shape
+    D = C // n_heads
+    qkv = linear(x, in_proj_weight, in_proj_bias)  # (B, T, C) -> (B, T, 3C)
+    qkv = qkv.reshape(B, T, 3, n_heads, D).transpose(2, 0, 3, 1, 4)  # -> (3, B, H, T, D)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    heads = scaled_dot_product_attention(q, k, v, causal, dropout_p, training, rng)  # (B, H, T, D)
+    merged = heads.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
+    return linear(merged, out_proj_weight, out_proj_bias)
+
+
+# ---------------------------------------------------------------------------- losses
+def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
+    """Cross-entropy of softmax(logits) against integer targets, as torch.nn.functional.cross_entropy.
+
+    logits (..., V) with the classes on the LAST axis (write ``logits.reshape(-1, V)`` in torch),
+    targets (...) integers. Per position: loss = logsumexp(logits) - logits[target]; positions whose
+    target is ``ignore_index`` contribute 0 and are not counted. reduction: "none" (per position),
+    "sum", or "mean" (sum / number of counted positions; NaN if none is counted, as in torch).
+
+    Backward per counted position: d logits = g * (softmax(logits) - onehot(target)).
+    """
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    targets = np.asarray(targets)
+    a = logits.data
+    V = a.shape[-1]
+    if targets.shape != a.shape[:-1]:
+        raise ValueError(f"targets shape {targets.shape} does not match logits shape {a.shape} without its last axis")
+    counted = targets != ignore_index
+    bad = counted & ((targets < 0) | (targets >= V))
+    if bad.any():
+        raise ValueError(f"target {targets[bad].flat[0]} is outside the {V} classes")
+    safe_targets = np.where(counted, targets, 0)
+
+    row_max = a.max(axis=-1, keepdims=True)
+    log_probs = a - row_max - np.log(np.exp(a - row_max).sum(axis=-1, keepdims=True))
+    picked = np.take_along_axis(log_probs, safe_targets[..., None], axis=-1)[..., 0]
+    losses = np.where(counted, -picked, 0.0).astype(a.dtype)
+    n_counted = int(counted.sum())
+    if reduction == "none":
+        out = losses
+    elif reduction == "sum":
+        out = losses.sum()
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = losses.sum() / np.asarray(n_counted, dtype=a.dtype)
+
+    def backward(grad):
+        if reduction == "none":
+            weight = grad
+        elif reduction == "sum":
+            weight = np.broadcast_to(grad, losses.shape)
+        else:
+            weight = np.broadcast_to(grad / n_counted if n_counted else grad * 0.0, losses.shape)
+        weight = np.where(counted, weight, 0.0).astype(a.dtype)  # (...)
+        grad_logits = np.exp(log_probs)  # softmax
+        np.put_along_axis(
+            grad_logits, safe_targets[..., None],
+            np.take_along_axis(grad_logits, safe_targets[..., None], axis=-1) - 1.0, axis=-1,
+        )
+        return (grad_logits * weight[..., None],)
+
+    return Tensor.from_op(np.asarray(out, dtype=a.dtype), (logits,), backward)
+
+
+__all__ = [
+    "erf", "gelu", "softmax", "log_softmax", "masked_fill", "linear", "embedding", "layer_norm",
+    "dropout", "dropout_mask", "causal_mask", "scaled_dot_product_attention", "multi_head_attention",
+    "cross_entropy", "as_tensor",
+]

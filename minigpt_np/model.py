@@ -1,0 +1,58 @@
+"""TinyGPT in numpy: the same parameters, names and computation as minigpt_torch.TinyGPT.
+
+    ids (B, T) --token_embed + pos_embed--> (B, T, C) --n_layers x encoder layer--> (B, T, C)
+        --ln_f--> (B, T, C) --lm_head--> logits (B, T, V)
+
+Every encoder layer attends causally: position t sees positions 0..t only.
+"""
+import numpy as np
+
+from .config import GPTConfig
+from .nn import Embedding, LayerNorm, Linear, Module, TransformerEncoder, TransformerEncoderLayer
+
+
+class TinyGPT(Module):
+    def __init__(self, config: GPTConfig, seed=None):
+        """seed: initialises the weights and, separately, the dropout masks of training."""
+        super().__init__()
+        self.config = config
+        init_rng, dropout_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+        dtype = config.np_dtype
+        C = config.d_model
+        self.token_embed = Embedding(config.vocab_size, C, rng=init_rng, dtype=dtype)
+        self.pos_embed = Embedding(config.context_length, C, rng=init_rng, dtype=dtype)
+        layers = [
+            TransformerEncoderLayer(C, config.n_heads, config.d_ff, config.dropout,
+                                    rng=init_rng, dropout_rng=dropout_rng, dtype=dtype)
+            for _ in range(config.n_layers)
+        ]
+        # torch.nn.TransformerEncoder deep-copies one layer n_layers times, so every layer starts
+        # from the same weights; we do the same.
+        first = layers[0].state_dict()
+        for layer in layers[1:]:
+            layer.load_state_dict(first)
+        self.transformer = TransformerEncoder(layers)
+        self.ln_f = LayerNorm(C, dtype=dtype)
+        self.lm_head = Linear(C, config.vocab_size, bias=False, rng=init_rng, dtype=dtype)
+
+    def forward(self, ids):
+        """ids: integer array (B, T) with T <= context_length. Returns logits, a Tensor (B, T, V)."""
+        ids = check_ids(ids, self.config)
+        T = ids.shape[1]
+        x = self.token_embed(ids) + self.pos_embed(np.arange(T))  # (B, T, C) + (T, C) -> (B, T, C)
+        x = self.transformer(x)
+        return self.lm_head(self.ln_f(x))  # (B, T, C) -> (B, T, V)
+
+
+def check_ids(ids, config):
+    """The ids as an integer array (B, T), or a ValueError that says what is wrong with them."""
+    ids = np.asarray(ids)
+    if ids.ndim != 2:
+        raise ValueError(f"token ids must have shape (batch, time), got shape {ids.shape}")
+    if ids.size and ids.dtype.kind not in "iu":
+        raise ValueError(f"token ids must be integers, got dtype {ids.dtype}")
+    if not 1 <= ids.shape[1] <= config.context_length:
+        raise ValueError(f"sequence length {ids.shape[1]} is outside 1..context_length ({config.context_length})")
+    if ids.size and (ids.min() < 0 or ids.max() >= config.vocab_size):
+        raise ValueError(f"token ids must lie in 0..{config.vocab_size - 1}, got {ids.min()}..{ids.max()}")
+    return ids

@@ -1,0 +1,56 @@
+"""The reference TinyGPT in PyTorch, built on nn.TransformerEncoder exactly like the original.
+
+Its ``state_dict`` keys are the reference names that minigpt_np's TinyGPT mirrors.
+"""
+import torch
+from torch import nn
+
+from minigpt_np.config import GPTConfig
+from minigpt_np.model import check_ids
+
+TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class TinyGPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        C = config.d_model
+        self.token_embed = nn.Embedding(config.vocab_size, C)
+        self.pos_embed = nn.Embedding(config.context_length, C)
+        layer = nn.TransformerEncoderLayer(
+            C, config.n_heads, dim_feedforward=config.d_ff, dropout=config.dropout,
+            batch_first=True, activation="gelu",
+        )
+        self.transformer = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
+        self.ln_f = nn.LayerNorm(C)
+        self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
+        self.to(TORCH_DTYPES[config.dtype])
+
+    def forward(self, ids):
+        """ids: integer tensor (B, T), T <= context_length. Returns logits (B, T, V)."""
+        if not isinstance(ids, torch.Tensor):
+            ids = torch.as_tensor(check_ids(ids, self.config), device=self.lm_head.weight.device)
+        else:
+            check_ids(ids.detach().cpu().numpy(), self.config)
+        T = ids.shape[1]
+        positions = torch.arange(T, device=ids.device)
+        x = self.token_embed(ids) + self.pos_embed(positions)  # (B, T, C)
+        mask = nn.Transformer.generate_square_subsequent_mask(T, device=ids.device, dtype=x.dtype)
+        x = self.transformer(x, mask=mask, is_causal=True)
+        return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+
+def numpy_state_dict(model):
+    """The model's weights as numpy arrays under the reference names (bit-exact copies)."""
+    return {name: value.detach().cpu().numpy().copy() for name, value in model.state_dict().items()}
+
+
+def load_numpy_state_dict(model, state_dict, strict=True):
+    """Load numpy arrays (e.g. minigpt_np's state_dict()) into the torch model, bit-exactly."""
+    reference = model.state_dict()
+    tensors = {
+        name: torch.from_numpy(value).to(dtype=reference[name].dtype) if name in reference else torch.from_numpy(value)
+        for name, value in state_dict.items()
+    }
+    return model.load_state_dict(tensors, strict=strict)

@@ -1,0 +1,339 @@
+"""Every op of minigpt_np against torch (float64 and float32) and against central finite differences.
+
+Shapes are drawn by hypothesis: batch 1..8, sequence lengths 1..16, heads 1..8.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minigpt_np import functional as F
+from minigpt_np.autograd import Tensor, no_grad
+from parity_tests.helpers import TORCH_DTYPE, Tolerance, check, compare
+
+DTYPES = ["float64", "float32"]
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
+FD_SETTINGS = settings(max_examples=6, deadline=None, derandomize=True)
+
+batch = st.integers(1, 8)
+time = st.integers(1, 16)
+heads = st.integers(1, 8)
+head_width = st.integers(1, 4)
+seeds = st.integers(0, 2**32 - 1)
+
+
+def against_torch(np_fn, torch_fn, inputs, dtype, what, seed=0):
+    """Run np_fn on minigpt_np Tensors and torch_fn on torch tensors made from the same arrays,
+    push the same random output gradient back through both, and compare outputs and input grads."""
+    np_inputs = {k: Tensor(v.astype(dtype), requires_grad=True) for k, v in inputs.items()}
+    torch_inputs = {k: torch.tensor(v.astype(dtype), requires_grad=True) for k, v in inputs.items()}
+    out_np, out_torch = np_fn(**np_inputs), torch_fn(**torch_inputs)
+    assert out_np.dtype == np.dtype(dtype), f"{what}: output dtype {out_np.dtype}, expected {dtype}"
+    check({"output": out_np}, {"output": out_torch}, dtype, "value", what)
+
+    out_grad = np.random.default_rng(seed).standard_normal(out_np.shape).astype(dtype)
+    out_np.backward(out_grad)
+    out_torch.backward(torch.from_numpy(out_grad))
+    check({k: t.grad for k, t in np_inputs.items()}, {k: t.grad for k, t in torch_inputs.items()},
+          dtype, "grad", what)
+
+
+FD_TOLERANCE = Tolerance(1e-7, 1e-6, "max")  # central differences with step 1e-6 in float64
+
+
+def against_finite_differences(np_fn, inputs, what, seed=0, step=1e-6):
+    """d/dx of sum(np_fn(x) * w) by backward() against (f(x + h) - f(x - h)) / 2h, element by element."""
+    tensors = {k: Tensor(v.astype(np.float64), requires_grad=True) for k, v in inputs.items()}
+    out = np_fn(**tensors)
+    weights = np.random.default_rng(seed).standard_normal(out.shape)
+    out.backward(weights)
+
+    def objective():
+        with no_grad():
+            return float(np.sum(np_fn(**tensors).data * weights))
+
+    numeric = {}
+    for name, tensor in tensors.items():
+        numeric[name] = np.zeros_like(tensor.data)
+        for index in np.ndindex(tensor.shape):
+            original = tensor.data[index]
+            tensor.data[index] = original + step
+            plus = objective()
+            tensor.data[index] = original - step
+            minus = objective()
+            tensor.data[index] = original
+            numeric[name][index] = (plus - minus) / (2 * step)
+    compare({k: t.grad for k, t in tensors.items()}, numeric, FD_TOLERANCE, f"{what} vs finite differences")
+
+
+def normal(rng, *shape):
+    return rng.standard_normal(shape)
+
+
+# ----------------------------------------------------------------------------- elementwise and shapes
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(B=batch, T=time, C=st.integers(1, 8), broadcast=st.sampled_from(["channel", "time", "scalar-like", "same"]),
+       seed=seeds)
+def test_add_mul_div_broadcast(dtype, B, T, C, broadcast, seed):
+    rng = np.random.default_rng(seed)
+    other_shape = {"channel": (C,), "time": (T, 1), "scalar-like": (1, 1, 1), "same": (B, T, C)}[broadcast]
+    inputs = {"a": normal(rng, B, T, C), "b": rng.uniform(0.5, 2.0, other_shape)}
+    against_torch(lambda a, b: (a + b) * b - a / b, lambda a, b: (a + b) * b - a / b, inputs, dtype,
+                  f"add/mul/div broadcast {broadcast}", seed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(B=batch, H=heads, T=time, D=head_width, seed=seeds)
+def test_batched_matmul(dtype, B, H, T, D, seed):
+    rng = np.random.default_rng(seed)
+    inputs = {"q": normal(rng, B, H, T, D), "k": normal(rng, B, H, T, D)}
+    against_torch(lambda q, k: q @ k.transpose(0, 1, 3, 2), lambda q, k: q @ k.transpose(-1, -2),
+                  inputs, dtype, "matmul", seed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(B=batch, T=time, H=heads, D=head_width, seed=seeds)
+def test_split_heads(dtype, B, T, H, D, seed):
+    """reshape, transpose and indexing, as multi-head attention uses them to unpack q, k, v."""
+    rng = np.random.default_rng(seed)
+    C = H * D
+
+    def np_fn(qkv):
+        parts = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)
+        return parts[0] * 2.0 + parts[2]
+
+    def torch_fn(qkv):
+        parts = qkv.reshape(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+        return parts[0] * 2.0 + parts[2]
+
+    against_torch(np_fn, torch_fn, {"qkv": normal(rng, B, T, 3 * C)}, dtype, "split heads", seed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(B=batch, T=time, C=st.integers(1, 8), seed=seeds)
+def test_reductions_exp_log(dtype, B, T, C, seed):
+    rng = np.random.default_rng(seed)
+    inputs = {"a": rng.uniform(0.1, 2.0, (B, T, C))}
+    against_torch(lambda a: (a.log() * a.exp()).sum(axis=-1) * (1.0 / C) + a.mean(axis=1).mean(),
+                  lambda a: (a.log() * a.exp()).sum(dim=-1) * (1.0 / C) + a.mean(dim=1).mean(),
+                  inputs, dtype, "sum/mean/exp/log", seed)
+
+
+# ----------------------------------------------------------------------------- layers
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(B=batch, T=time, V=st.integers(1, 12), C=st.integers(1, 8), seed=seeds)
+def test_embedding_with_repeated_ids(dtype, B, T, V, C, seed):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, V, (B, T))  # with V small, ids repeat: the scatter-add must sum them
+    against_torch(lambda w: F.embedding(ids, w), lambda w: TF.embedding(torch.as_tensor(ids), w),
+                  {"w": normal(rng, V, C)}, dtype, "embedding", seed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+@SETTINGS
+@given(B=batch, T=time, n_in=st.integers(1, 12), n_out=st.integers(1, 12), seed=seeds)
+def test_linear(dtype, bias, B, T, n_in, n_out, seed):
+    rng = np.random.default_rng(seed)
+    inputs = {"input": normal(rng, B, T, n_in), "weight": normal(rng, n_out, n_in)}
+    if bias:
+        inputs["bias"] = normal(rng, n_out)
+    against_torch(F.linear, TF.linear, inputs, dtype, f"linear bias={bias}", seed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(B=batch, T=time, C=st.integers(4, 16), shift=st.floats(-10, 10), seed=seeds)
+def test_layer_norm(dtype, B, T, C, shift, seed):
+    rng = np.random.default_rng(seed)
+    inputs = {"x": normal(rng, B, T, C) + shift, "w": normal(rng, C), "b": normal(rng, C)}
+    against_torch(lambda x, w, b: F.layer_norm(x, w, b), lambda x, w, b: TF.layer_norm(x, (C,), w, b, 1e-5),
+                  inputs, dtype, "layer_norm", seed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(n=st.integers(1, 64), scale=st.sampled_from([0.1, 1.0, 3.0, 10.0]), seed=seeds)
+def test_gelu(dtype, n, scale, seed):
+    rng = np.random.default_rng(seed)
+    against_torch(F.gelu, TF.gelu, {"x": normal(rng, n) * scale}, dtype, "gelu (exact erf)", seed)
+
+
+def test_erf_to_float64_precision():
+    xs = np.concatenate([np.linspace(-7, 7, 20001), [0.0, -0.0, 1e-300, 2.0 - 1e-15, 2.0, 30.0, np.inf, -np.inf]])
+    expected = torch.erf(torch.from_numpy(xs)).numpy()  # reference computed now, not typed in
+    compare({"erf": F.erf(xs)}, {"erf": expected}, Tolerance(2e-15, 2e-15), "erf vs torch.erf")
+    assert np.isnan(F.erf(np.array([np.nan]))).all()
+    assert F.erf(np.float32(0.5)).dtype == np.float32
+    assert F.erf(np.array([0.5], dtype=np.float32))[0] == np.float32(math.erf(0.5))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("masked", [False, True])
+@SETTINGS
+@given(B=batch, H=heads, T=time, seed=seeds)
+def test_softmax_and_log_softmax(dtype, masked, B, H, T, seed):
+    rng = np.random.default_rng(seed)
+    mask = F.causal_mask(T)
+
+    def np_fn(x):
+        if masked:
+            return F.softmax(F.masked_fill(x, mask, -np.inf))
+        return F.softmax(x) + F.log_softmax(x)
+
+    def torch_fn(x):
+        if masked:
+            return torch.softmax(x.masked_fill(torch.from_numpy(mask), -torch.inf), dim=-1)
+        return torch.softmax(x, dim=-1) + torch.log_softmax(x, dim=-1)
+
+    against_torch(np_fn, torch_fn, {"x": normal(rng, B, H, T, T) * 5}, dtype, f"softmax masked={masked}", seed)
+
+
+def test_softmax_of_fully_masked_row_is_zero_not_nan():
+    x = Tensor(np.zeros((2, 3)), requires_grad=True)
+    mask = np.array([[True, True, True], [False, True, False]])
+    out = F.softmax(F.masked_fill(x, mask, -np.inf))
+    out.backward(np.ones((2, 3)))
+    assert np.array_equal(out.data[0], np.zeros(3))
+    assert np.allclose(out.data[1], [0.5, 0.0, 0.5])
+    assert np.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@SETTINGS
+@given(B=batch, T=time, V=st.integers(2, 12), ignore_share=st.floats(0.0, 0.9), seed=seeds)
+def test_cross_entropy(dtype, reduction, B, T, V, ignore_share, seed):
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, V, (B, T))
+    targets[rng.random((B, T)) < ignore_share] = -100
+    targets[0, 0] = rng.integers(0, V)  # at least one counted position (torch's mean of none is NaN)
+
+    # A sum over up to 128 positions is far from 1, where a float32 ulp exceeds the contract's
+    # absolute 1e-5 meant for mean losses: both sides are divided by the same count.
+    scale = 1.0 / targets.size if reduction == "sum" else 1.0
+
+    def torch_fn(logits):
+        out = TF.cross_entropy(logits.reshape(-1, V), torch.as_tensor(targets).reshape(-1),
+                               ignore_index=-100, reduction=reduction)
+        return out.reshape(B, T) if reduction == "none" else out * scale
+
+    against_torch(lambda logits: F.cross_entropy(logits, targets, -100, reduction) * scale, torch_fn,
+                  {"logits": normal(rng, B, T, V) * 3}, dtype, f"cross_entropy {reduction}", seed)
+
+
+def test_cross_entropy_rejects_bad_targets():
+    logits = Tensor(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="outside the 4 classes"):
+        F.cross_entropy(logits, np.array([1, 4]))
+    with pytest.raises(ValueError, match="does not match"):
+        F.cross_entropy(logits, np.array([1, 2, 3]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(n=st.integers(1, 40), p=st.sampled_from([0.1, 0.5, 0.9]), seed=seeds)
+def test_dropout_with_a_fixed_mask(dtype, n, p, seed):
+    rng = np.random.default_rng(seed)
+    mask = F.dropout_mask((n,), p, rng, np.dtype(dtype))
+    against_torch(lambda x: F.dropout(x, p, True, mask=mask), lambda x: x * torch.from_numpy(mask),
+                  {"x": normal(rng, n)}, dtype, "dropout (fixed mask)", seed)
+
+
+# ----------------------------------------------------------------------------- attention
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(B=batch, H=heads, T=time, D=head_width, seed=seeds)
+def test_scaled_dot_product_attention(dtype, B, H, T, D, seed):
+    rng = np.random.default_rng(seed)
+    inputs = {"q": normal(rng, B, H, T, D), "k": normal(rng, B, H, T, D), "v": normal(rng, B, H, T, D)}
+    against_torch(F.scaled_dot_product_attention,
+                  lambda q, k, v: TF.scaled_dot_product_attention(q, k, v, is_causal=True),
+                  inputs, dtype, "scaled_dot_product_attention", seed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(B=batch, H=heads, T=time, D=head_width, seed=seeds)
+def test_multi_head_attention_matches_torch_module(dtype, B, H, T, D, seed):
+    """Our packed-projection attention against torch.nn.MultiheadAttention with a causal mask."""
+    rng = np.random.default_rng(seed)
+    C = H * D
+    inputs = {"x": normal(rng, B, T, C), "w_in": normal(rng, 3 * C, C) / math.sqrt(C), "b_in": normal(rng, 3 * C),
+              "w_out": normal(rng, C, C) / math.sqrt(C), "b_out": normal(rng, C)}
+
+    def torch_fn(x, w_in, b_in, w_out, b_out):
+        attention = torch.nn.MultiheadAttention(C, H, batch_first=True, dtype=TORCH_DTYPE[dtype])
+        del attention.in_proj_weight, attention.in_proj_bias, attention.out_proj.weight, attention.out_proj.bias
+        attention.in_proj_weight, attention.in_proj_bias = w_in, b_in  # our tensors, so grads reach them
+        attention.out_proj.weight, attention.out_proj.bias = w_out, b_out
+        mask = torch.nn.Transformer.generate_square_subsequent_mask(T, dtype=TORCH_DTYPE[dtype])
+        return attention(x, x, x, attn_mask=mask, need_weights=False, is_causal=True)[0]
+
+    def np_fn(x, w_in, b_in, w_out, b_out):
+        return F.multi_head_attention(x, w_in, b_in, w_out, b_out, H, causal=True)
+
+    against_torch(np_fn, torch_fn, inputs, dtype, f"multi_head_attention H={H}", seed)
+
+
+# ----------------------------------------------------------------------------- finite differences (float64)
+@FD_SETTINGS
+@given(B=st.integers(1, 3), T=st.integers(1, 5), C=st.integers(2, 5), seed=seeds)
+def test_elementwise_and_linear_ops_finite_differences(B, T, C, seed):
+    rng = np.random.default_rng(seed)
+    against_finite_differences(lambda a, b: (a + b) * b - a / b + (a * a).exp().log(),
+                               {"a": normal(rng, B, T, C), "b": rng.uniform(0.5, 2, (C,))}, "add/mul/div/exp/log", seed)
+    against_finite_differences(lambda x, w, b: F.linear(x, w, b),
+                               {"x": normal(rng, B, T, C), "w": normal(rng, 3, C), "b": normal(rng, 3)},
+                               "linear", seed)
+    against_finite_differences(lambda a: a.reshape(B, C, T).transpose(0, 2, 1)[:, :, 1:].sum(axis=1) + a.mean(),
+                               {"a": normal(rng, B, T, C)}, "reshape/transpose/index/sum/mean", seed)
+
+
+@FD_SETTINGS
+@given(B=st.integers(1, 3), T=st.integers(1, 5), C=st.integers(2, 6), seed=seeds)
+def test_normalisation_and_activation_finite_differences(B, T, C, seed):
+    rng = np.random.default_rng(seed)
+    against_finite_differences(lambda x, w, b: F.layer_norm(x, w, b), {"x": normal(rng, B, T, C), "w": normal(rng, C), "b": normal(rng, C)},
+                               "layer_norm", seed)
+    against_finite_differences(F.gelu, {"x": normal(rng, B, T, C) * 3}, "gelu", seed)
+    against_finite_differences(lambda x: F.softmax(F.masked_fill(x, F.causal_mask(T), -np.inf)) + F.log_softmax(x),
+                               {"x": normal(rng, B, T, T)}, "softmax/log_softmax", seed)
+
+
+@FD_SETTINGS
+@given(B=st.integers(1, 3), T=st.integers(1, 5), V=st.integers(2, 6), seed=seeds)
+def test_embedding_and_cross_entropy_finite_differences(B, T, V, seed):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, V, (B, T))
+    targets = np.where(rng.random((B, T)) < 0.3, -100, ids)
+    against_finite_differences(lambda w: F.embedding(ids, w), {"w": normal(rng, V, 3)}, "embedding", seed)
+    for reduction in ("none", "sum", "mean"):
+        if reduction == "mean" and (targets == -100).all():
+            continue
+        against_finite_differences(lambda z: F.cross_entropy(z, targets, reduction=reduction),
+                                   {"z": normal(rng, B, T, V)}, f"cross_entropy {reduction}", seed)
+    mask = F.dropout_mask((B, T), 0.5, rng, np.float64)
+    against_finite_differences(lambda x: F.dropout(x, 0.5, True, mask=mask), {"x": normal(rng, B, T)},
+                               "dropout (fixed mask)", seed)
+
+
+@FD_SETTINGS
+@given(B=st.integers(1, 2), H=st.integers(1, 3), T=st.integers(1, 4), D=st.integers(1, 2), seed=seeds)
+def test_attention_finite_differences(B, H, T, D, seed):
+    rng = np.random.default_rng(seed)
+    C = H * D
+    inputs = {"x": normal(rng, B, T, C), "w_in": normal(rng, 3 * C, C), "b_in": normal(rng, 3 * C),
+              "w_out": normal(rng, C, C), "b_out": normal(rng, C)}
+    against_finite_differences(lambda x, w_in, b_in, w_out, b_out:
+                               F.multi_head_attention(x, w_in, b_in, w_out, b_out, H, causal=True),
+                               inputs, f"multi_head_attention H={H}", seed)

@@ -241,15 +241,21 @@ class Tensor:
     def __getitem__(self, index):
         """out = a[index]. d a is zero except where the index read, where g is added.
 
-        ``np.add.at`` adds (instead of overwriting) when an advanced index reads one element twice.
+        Integers and slices read each element at most once, so g can simply be written in place;
+        an index array may read one element twice, and ``np.add.at`` then adds instead of overwriting.
         """
         if isinstance(index, Tensor):
             index = index.data
         a = self.data
+        parts = index if isinstance(index, tuple) else (index,)
+        basic = all(isinstance(part, (int, np.integer, slice)) or part is None or part is Ellipsis for part in parts)
 
         def backward(grad):
             grad_a = np.zeros_like(a)
-            np.add.at(grad_a, index, grad)
+            if basic:
+                grad_a[index] = grad
+            else:
+                np.add.at(grad_a, index, grad)
             return (grad_a,)
 
         return Tensor.from_op(a[index], (self,), backward)

@@ -169,12 +169,18 @@ def test_gelu(dtype, n, scale, seed):
 
 
 def test_erf_to_float64_precision():
-    xs = np.concatenate([np.linspace(-7, 7, 20001), [0.0, -0.0, 1e-300, 2.0 - 1e-15, 2.0, 30.0, np.inf, -np.inf]])
+    """Both erfs (the plain series/continued fraction and the fast Taylor table) against torch.erf."""
+    xs = np.concatenate([np.linspace(-7, 7, 20001), [0.0, -0.0, 1e-300, 2.0 - 1e-15, 2.0, 6.0, 6.01, 30.0,
+                                                      np.inf, -np.inf]])
     expected = torch.erf(torch.from_numpy(xs)).numpy()  # reference computed now, not typed in
-    compare({"erf": F.erf(xs)}, {"erf": expected}, Tolerance(2e-15, 2e-15), "erf vs torch.erf")
-    assert np.isnan(F.erf(np.array([np.nan]))).all()
-    assert F.erf(np.float32(0.5)).dtype == np.float32
-    assert F.erf(np.array([0.5], dtype=np.float32))[0] == np.float32(math.erf(0.5))
+    for implementation in (F.erf, F.erf_reference):
+        compare({"erf": implementation(xs)}, {"erf": expected}, Tolerance(2e-15, 2e-15), implementation.__name__)
+        assert np.isnan(implementation(np.array([np.nan]))).all()
+    xs32 = xs.astype(np.float32)
+    assert F.erf(xs32).dtype == np.float32 and F.erf(np.float32(0.5)).dtype == np.float32
+    exact = torch.erf(torch.from_numpy(xs32.astype(np.float64))).numpy()
+    compare({"erf": F.erf(xs32)}, {"erf": exact}, Tolerance(1.2e-7), "float32 erf vs exact")
+    assert np.signbit(F.erf(np.array([-0.0])))[0]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -1,47 +1,58 @@
-"""Train the numpy TinyGPT for a few steps on a short text and print the falling loss.
+"""The whole pipeline in one command: pretraining, SFT and RL, then a report.
 
-(The full three-stage pipeline grows here; for now this is the engine's smoke run.)
+    python examples/run_all.py --backend torch --preset quick
+    python examples/run_all.py --backend numpy --preset quick --data wikitext --data-dir ../shared/data/wikitext-2-raw
+
+Outputs go to runs/<name>/: a checkpoint folder per stage, metrics.jsonl, PNG plots and report.md.
+Ctrl-C saves the current stage; --resume continues it.
 """
 import argparse
-import time
+import dataclasses
+import sys
 
-import numpy as np
-
-import minigpt_np
-from minigpt_np import functional as F
-from minigpt_np.optim import AdamW, clip_grad_norm_
-
-TEXT = (
-    "A good practice starts before the first drill. Drink water, stretch slowly, and have a small cup of "
-    "coffee an hour before you train. Warm muscles learn faster, and a calm mind remembers the lesson. "
-    "After practice, write down one thing that went well and one thing to try tomorrow. "
-) * 4
+from minigpt_np.pipeline import PRESETS, PipelineSettings, run_pipeline, settings_for
+from minigpt_np.report import summary_rows, text_table
+from minigpt_np.stages import StageInterrupted, TrainingDiverged
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=60, help="training steps (default 60)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    args = parser.parse_args()
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = PipelineSettings()
+    for spec in dataclasses.fields(PipelineSettings):
+        flag = "--" + spec.name.replace("_", "-")
+        default = getattr(defaults, spec.name)
+        by_preset = ", ".join(f"{name}: {preset[spec.name]}" for name, preset in PRESETS.items() if spec.name in preset)
+        help_text = f"{spec.metadata['help']} (default {default!r}" + (f"; {by_preset}" if by_preset else "") + ")"
+        if spec.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(spec.type if isinstance(spec.type, str)
+                                                               else spec.type.__name__, str)
+            parser.add_argument(flag, type=kind, default=None, choices=spec.metadata.get("choices"), help=help_text)
+    return parser
 
-    chars = sorted(set(TEXT))
-    ids = np.array([chars.index(c) for c in TEXT])
-    config = minigpt_np.GPTConfig(vocab_size=len(chars), d_model=64, n_layers=2, n_heads=4, context_length=32)
-    model = minigpt_np.TinyGPT(config, seed=args.seed)
-    optimizer = AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    rng = np.random.default_rng(args.seed)
-    started = time.perf_counter()
-    for step in range(1, args.steps + 1):
-        starts = rng.integers(0, len(ids) - config.context_length - 1, 16)
-        windows = np.stack([ids[s:s + config.context_length + 1] for s in starts])
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(windows[:, :-1]), windows[:, 1:])
-        loss.backward()
-        clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        if step == 1 or step % 10 == 0:
-            print(f"step {step:4d}  loss {loss.item():.3f}  ({time.perf_counter() - started:.1f} s)")
+
+def main(argv=None):
+    args = vars(build_parser().parse_args(argv))
+    preset = args.pop("preset") or "seed"
+    explicit = {name: value for name, value in args.items() if value is not None}
+    try:
+        settings = settings_for(preset, **explicit)
+        summaries, folder = run_pipeline(settings)
+    except StageInterrupted as stop:
+        print(f"\n{stop}", file=sys.stderr)
+        return 130
+    except TrainingDiverged as error:
+        print(f"\nerror: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print()
+    print(text_table(summary_rows(summaries)))
+    print(f"\nreport: {folder / 'report.md'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

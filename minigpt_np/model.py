@@ -17,6 +17,7 @@ class TinyGPT(Module):
         super().__init__()
         self.config = config
         init_rng, dropout_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+        self._dropout_rng = dropout_rng
         dtype = config.np_dtype
         C = config.d_model
         self.token_embed = Embedding(config.vocab_size, C, rng=init_rng, dtype=dtype)
@@ -34,6 +35,10 @@ class TinyGPT(Module):
         self.transformer = TransformerEncoder(layers)
         self.ln_f = LayerNorm(C, dtype=dtype)
         self.lm_head = Linear(C, config.vocab_size, bias=False, rng=init_rng, dtype=dtype)
+
+    def seed_dropout(self, seed):
+        """Restart the dropout masks' random stream (all dropout layers share one generator)."""
+        self._dropout_rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
 
     def forward(self, ids):
         """ids: integer array (B, T) with T <= context_length. Returns logits, a Tensor (B, T, V)."""

@@ -1,0 +1,165 @@
+"""The Backend interface: the seam between the training stages and a tensor library.
+
+The stages (``stages.py``) are written once against these methods; ``NumpyBackend`` below and
+``minigpt_torch.backend.TorchBackend`` implement them. Everything that crosses the seam is a numpy
+array or a Python number, except the two opaque handles a stage passes back unchanged: the model's
+``logits`` and the ``loss`` built from them.
+
+One loss serves all three stages, a weighted negative log-likelihood of target tokens:
+
+    loss = sum over positions of  weight * -log p(target | context)
+
+with p the softmax of logits / temperature restricted to the top-k logits (the distribution the
+sampler draws from). Pretraining weights every position 1/N (plain cross-entropy), SFT weights
+answer tokens 1/(number of answer tokens) and instruction tokens 0, and REINFORCE weights each
+sampled token by its advantage.
+"""
+import numpy as np
+
+from . import functional as F
+from .autograd import Tensor, no_grad
+from .data import IGNORE
+from .model import TinyGPT
+from .optim import AdamW, clip_grad_norm_
+
+
+class Backend:
+    name = "abstract"
+    device = "cpu"
+
+    def create_model(self, config, seed):
+        """A TinyGPT whose initial weights are minigpt_np's for this seed, on every backend."""
+        raise NotImplementedError
+
+    def create_optimizer(self, model, lr, weight_decay):
+        raise NotImplementedError
+
+    def set_training(self, model, training):
+        """Training mode turns dropout on; evaluation mode turns it off."""
+        raise NotImplementedError
+
+    def seed_dropout(self, model, seed):
+        """Restart the dropout random stream (so a resumed run draws the same masks)."""
+        raise NotImplementedError
+
+    def forward(self, model, ids):
+        """Logits (B, T, V) of integer ids (B, T), recording the graph for a backward pass."""
+        raise NotImplementedError
+
+    def weighted_nll(self, logits, targets, weights, temperature=1.0, top_k=None):
+        """sum(weights * -log p(targets)) as a scalar loss; positions with target IGNORE must weigh 0."""
+        raise NotImplementedError
+
+    def optimizer_step(self, model, optimizer, loss, max_grad_norm):
+        """Backward from loss, clip the global gradient norm, step, clear grads. Returns the norm."""
+        raise NotImplementedError
+
+    def predict(self, model, ids):
+        """Logits as a numpy array, without recording a graph (evaluation and sampling)."""
+        raise NotImplementedError
+
+    def item(self, loss):
+        raise NotImplementedError
+
+    def state_dict(self, model):
+        """The weights as numpy arrays under the reference names."""
+        raise NotImplementedError
+
+    def load_state_dict(self, model, state):
+        raise NotImplementedError
+
+    def optimizer_state(self, model, optimizer):
+        """AdamW's state by parameter name: ({"exp_avg.<name>": array, ...}, {"steps.<name>": int, ...})."""
+        raise NotImplementedError
+
+    def load_optimizer_state(self, model, optimizer, arrays, steps):
+        raise NotImplementedError
+
+
+def top_k_mask(logits, k):
+    """True where a logit is below the k-th largest of its row: those tokens can never be sampled.
+    Ties with the k-th largest are kept. k None (or >= V) keeps everything."""
+    if k is None or k >= logits.shape[-1]:
+        return np.zeros(logits.shape, dtype=bool)
+    kth_largest = np.partition(logits, -k, axis=-1)[..., -k:].min(axis=-1, keepdims=True)
+    return logits < kth_largest
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+
+    def create_model(self, config, seed):
+        return TinyGPT(config, seed=seed)
+
+    def create_optimizer(self, model, lr, weight_decay):
+        return AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def set_training(self, model, training):
+        model.train(training)
+
+    def seed_dropout(self, model, seed):
+        model.seed_dropout(seed)
+
+    def forward(self, model, ids):
+        return model(ids)
+
+    def weighted_nll(self, logits, targets, weights, temperature=1.0, top_k=None):
+        if temperature != 1.0:
+            logits = logits * (1.0 / temperature)
+        if top_k is not None:
+            logits = F.masked_fill(logits, top_k_mask(logits.data, top_k), -np.inf)
+        nll = F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="none")  # (B, T)
+        return (nll * Tensor(np.asarray(weights, dtype=nll.dtype))).sum()
+
+    def optimizer_step(self, model, optimizer, loss, max_grad_norm):
+        optimizer.zero_grad()
+        loss.backward()
+        norm = clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        return norm
+
+    def predict(self, model, ids):
+        with no_grad():
+            return model(ids).data
+
+    def item(self, loss):
+        return float(loss.item())
+
+    def state_dict(self, model):
+        return model.state_dict()
+
+    def load_state_dict(self, model, state):
+        model.load_state_dict(state, strict=True)
+
+    def optimizer_state(self, model, optimizer):
+        names = [name for name, _ in model.named_parameters()]
+        arrays, steps = {}, {}
+        for name, m, v, t in zip(names, optimizer.exp_avg, optimizer.exp_avg_sq, optimizer.steps):
+            arrays[f"exp_avg.{name}"], arrays[f"exp_avg_sq.{name}"] = m.copy(), v.copy()
+            steps[f"steps.{name}"] = int(t)
+        return arrays, steps
+
+    def load_optimizer_state(self, model, optimizer, arrays, steps):
+        for index, (name, _) in enumerate(model.named_parameters()):
+            np.copyto(optimizer.exp_avg[index], arrays[f"exp_avg.{name}"])
+            np.copyto(optimizer.exp_avg_sq[index], arrays[f"exp_avg_sq.{name}"])
+            optimizer.steps[index] = int(steps[f"steps.{name}"])
+
+
+BACKENDS = ("numpy", "torch")
+
+
+def get_backend(name, device="cpu"):
+    """The backend called ``name`` ("numpy" or "torch"), or a ValueError that says what exists."""
+    if name == "numpy":
+        if device != "cpu":
+            raise ValueError(f"the numpy backend runs on the CPU only, not on device {device!r}")
+        return NumpyBackend()
+    if name == "torch":
+        try:
+            from minigpt_torch.backend import TorchBackend
+        except ImportError as error:
+            raise ValueError(f"the torch backend needs PyTorch: pip install -e '.[torch]' ({error})") from None
+        return TorchBackend(device)
+    raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

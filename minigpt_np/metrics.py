@@ -1,0 +1,61 @@
+"""metrics.jsonl: one JSON object per logged point, {"stage": ..., "step": N, <figure>: value, ...}.
+
+One name per figure across the whole project (a record with "summary": true holds the evaluation
+made after the stage ended, the same for every stage):
+
+    train_loss    the training loss on the step's batch (pretrain: cross-entropy; SFT: answer-only
+                  cross-entropy)
+    policy_loss   RL: the REINFORCE surrogate -(1/N) sum_i A_i sum_t log p (its value is not a
+                  measure of quality; its gradient is the policy gradient)
+    val_loss      cross-entropy per character on the corpus validation windows
+    val_bpc       the same in bits per character (val_loss / ln 2)
+    val_ppl       perplexity per character (exp val_loss)
+    test_loss, test_bpc   the same on the test text (once, at the end of pretraining)
+    answer_loss   answer-only cross-entropy on the held-out instruction/answer pairs
+    format_rate   share of held-out prompts whose sample is " <text>\\n" (an answer, then the newline)
+    reward_mean, reward_std, reward/<component>   RL rewards of the step's samples
+    heldout_reward_mean   mean reward of samples for the held-out prompts
+    grad_norm     global gradient norm before clipping
+    length_chars  mean length of the sampled answers in characters
+"""
+import json
+from pathlib import Path
+
+
+class MetricsLog:
+    def __init__(self, path):
+        self.path = Path(path)
+        self.records = []
+        if self.path.exists():
+            self.records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def log(self, stage, step, summary=False, **figures):
+        """Append one point. summary=True marks the end-of-stage figures (the same evaluation after
+        every stage, for the comparison table), which the per-step series leave out."""
+        record = {"stage": stage, "step": int(step), **({"summary": True} if summary else {}),
+                  **{k: _plain(v) for k, v in figures.items()}}
+        self.records.append(record)
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, stage, step):
+        """Forget the stage's points after step (a resumed run logs them again), rewriting the file."""
+        self.records = [r for r in self.records if not (r["stage"] == stage and r["step"] > step)]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+    def series(self, stage, name):
+        """(steps, values) of one figure in one stage, during training (end-of-stage summaries left out)."""
+        points = [(r["step"], r[name]) for r in self.records
+                  if r["stage"] == stage and name in r and not r.get("summary")]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    def last(self, stage, name, default=None):
+        values = self.series(stage, name)[1]
+        return values[-1] if values else default
+
+
+def _plain(value):
+    try:
+        return float(value) if not isinstance(value, (int, str)) else value
+    except (TypeError, ValueError):
+        return value

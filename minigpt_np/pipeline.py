@@ -1,0 +1,245 @@
+"""The whole pipeline: data, vocabulary, model, the three stages, checkpoints and the report.
+
+``PipelineSettings`` lists every setting (each one is also a flag of examples/run_all.py, with the
+help text given here); ``PRESETS`` holds the named starting points; ``run_pipeline`` runs it all.
+"""
+import dataclasses
+import importlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .backend import get_backend
+from .checkpoint import CheckpointError
+from .config import GPTConfig
+from .data import (check_corpus, format_example, format_prompt, load_corpus, load_sft_pairs, split_pairs)
+from .metrics import MetricsLog
+from .report import write_plots, write_report
+from .rewards import REWARDS
+from .stages import (STAGES, RLSettings, Run, SamplingSettings, StageSettings, answer_figures,
+                     language_model_figures, pretrain, reward_figures, rl, sample_answers, sft)
+from .tokenizer import CharTokenizer
+
+# The RL instruction of the original: with "Instruction: ... \nAnswer:" around it, the prompt is 72
+# characters, longer than the original context of 64.
+RL_INSTRUCTION = "Write a short tagline about coffee before practice."
+# Raw prompts sampled after every stage, with the same seeds, to show what each stage changed.
+REPORT_PROMPTS = ("The coach", format_prompt(RL_INSTRUCTION))
+
+
+def _setting(default, help, choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class PipelineSettings:
+    backend: str = _setting("torch", "tensor library: torch or numpy", ("torch", "numpy"))
+    device: str = _setting("cpu", "torch device: cpu or cuda (numpy runs on the CPU only)")
+    preset: str = _setting("seed", "starting values for every setting: seed (the original) or quick (a demo)",
+                           ("seed", "quick"))
+    name: str = _setting("", "run folder name under --runs-dir (default: <preset>-<backend>)")
+    runs_dir: str = _setting("runs", "folder that holds the run folders")
+    resume: bool = _setting(False, "continue the run folder's stopped run where it stopped")
+    seed: int = _setting(0, "seed of the initial weights, batches, dropout and samples")
+    progress: bool = _setting(True, "show progress bars")
+    # data
+    data: str = _setting("wikitext", "pretraining corpus: wikitext (the hub, or --data-dir files; the embedded "
+                         "corpus when neither can be had) or embedded", ("wikitext", "embedded"))
+    data_dir: str = _setting("", "folder with WikiText split files (wiki.*.raw or train/valid/test.txt)")
+    train_file: str = _setting("", "explicit training text file (instead of --data-dir)")
+    validation_file: str = _setting("", "explicit validation text file")
+    test_file: str = _setting("", "explicit test text file")
+    sft_file: str = _setting("", "JSONL of {\"instruction\": ..., \"answer\": ...} pairs (default: built-in pairs)")
+    # model
+    d_model: int = _setting(128, "model width")
+    n_layers: int = _setting(2, "transformer layers")
+    n_heads: int = _setting(4, "attention heads")
+    context_length: int = _setting(64, "characters the model sees at once")
+    dropout: float = _setting(0.1, "dropout probability in training")
+    dtype: str = _setting("float32", "float32 or float64", ("float32", "float64"))
+    # training
+    batch_size: int = _setting(32, "sequences per pretraining/SFT step")
+    weight_decay: float = _setting(0.01, "AdamW weight decay")
+    grad_clip: float = _setting(1.0, "global gradient-norm clipping threshold")
+    pretrain_steps: int = _setting(2000, "pretraining steps")
+    pretrain_lr: float = _setting(3e-4, "pretraining learning rate")
+    pretrain_eval_every: int = _setting(200, "pretraining steps between validations")
+    sft_steps: int = _setting(200, "SFT steps")
+    sft_lr: float = _setting(1e-4, "SFT learning rate")
+    sft_eval_every: int = _setting(50, "SFT steps between validations")
+    rl_steps: int = _setting(150, "RL steps")
+    rl_lr: float = _setting(5e-5, "RL learning rate")
+    rl_eval_every: int = _setting(25, "RL steps between held-out reward checks")
+    eval_windows: int = _setting(128, "validation/test windows of context_length characters")
+    checkpoint_every: int = _setting(0, "steps between checkpoints within a stage (0: end of stage and Ctrl-C)")
+    # sampling and RL
+    temperature: float = _setting(0.6, "sampling temperature (RL samples and report samples)")
+    top_k: int = _setting(10, "sample from the k most likely characters")
+    max_new_tokens: int = _setting(80, "longest sampled answer in characters")
+    rl_samples: int = _setting(8, "samples per prompt per RL step (1 with --rl-advantage none: the original)")
+    rl_prompts_per_step: int = _setting(1, "prompts per RL step")
+    rl_advantage: str = _setting("group_mean", "group_mean (reward minus its group's mean) or none (raw reward)",
+                                 ("group_mean", "none"))
+    reward: str = _setting("original", "reward: original, or module:function returning {component: value}")
+
+
+PRESETS = {
+    "seed": {},  # the defaults above are the original settings
+    "quick": dict(data="embedded", d_model=64, context_length=128, batch_size=16, pretrain_steps=600,
+                  pretrain_lr=4e-3, pretrain_eval_every=150, sft_steps=120, sft_lr=1e-3, sft_eval_every=40,
+                  rl_steps=30, rl_lr=1e-4, rl_eval_every=15, max_new_tokens=56, eval_windows=48),
+}
+
+
+def settings_for(preset="seed", **overrides):
+    """The preset's settings with explicit overrides on top."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    known = {f.name for f in dataclasses.fields(PipelineSettings)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown settings: {', '.join(unknown)}")
+    return PipelineSettings(**{**PRESETS[preset], **overrides, "preset": preset})
+
+
+def load_reward(spec):
+    """"original", or "module:function" for a user's reward."""
+    if spec in REWARDS:
+        return REWARDS[spec]
+    module_name, _, function_name = spec.partition(":")
+    if not function_name:
+        raise ValueError(f"unknown reward {spec!r}; use one of {', '.join(REWARDS)} or module:function")
+    try:
+        return getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"cannot load reward {spec!r}: {error}") from None
+
+
+class RunFolderError(ValueError):
+    pass
+
+
+# Settings that may change when a run is resumed (they do not change what is computed).
+_RESUMABLE_CHANGES = {"resume", "progress", "device"}
+
+
+def _prepare_folder(folder, settings):
+    """Create the run folder, or check that resuming continues the same run."""
+    settings_path = folder / "settings.json"
+    current = dataclasses.asdict(settings)
+    if settings.resume:
+        if not settings_path.exists():
+            raise RunFolderError(f"--resume: {folder} holds no run to resume")
+        saved = json.loads(settings_path.read_text())
+        changed = [k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k]]
+        if changed:
+            raise RunFolderError("--resume with other settings than the stopped run: "
+                                 + ", ".join(f"{k}={current[k]!r} (run: {saved.get(k)!r})" for k in changed))
+        return
+    if any((folder / stage / "checkpoint.json").exists() for stage in STAGES):
+        raise RunFolderError(f"{folder} already holds a run: add --resume to continue it, or choose another --name")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.jsonl").unlink(missing_ok=True)
+    settings_path.write_text(json.dumps(current, indent=1))
+
+
+def run_pipeline(settings, notify=print):
+    """Pretraining, SFT and RL one after the other; returns the summary of each stage."""
+    backend = get_backend(settings.backend, settings.device)
+    reward_fn = load_reward(settings.reward)
+    corpus = load_corpus(settings.data, settings.data_dir or None, settings.train_file or None,
+                         settings.validation_file or None, settings.test_file or None)
+    for notice in corpus.notices:
+        notify(f"notice: {notice}")
+    pairs = load_sft_pairs(settings.sft_file or None)
+    train_pairs, held_out_pairs = split_pairs(pairs)
+    rl_prompts = [RL_INSTRUCTION]
+    held_out_prompts = [instruction for instruction, _ in held_out_pairs]
+    tokenizer = CharTokenizer.from_texts(
+        [corpus.train, corpus.validation, corpus.test, *REPORT_PROMPTS]
+        + [format_example(i, a) for i, a in pairs] + [format_prompt(p) for p in rl_prompts])
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, d_model=settings.d_model, n_layers=settings.n_layers,
+                       n_heads=settings.n_heads, context_length=settings.context_length,
+                       dropout=settings.dropout, dtype=settings.dtype)
+    check_corpus(corpus, config.context_length)
+
+    folder = Path(settings.runs_dir) / (settings.name or f"{settings.preset}-{settings.backend}")
+    _prepare_folder(folder, settings)
+    sampling = SamplingSettings(settings.temperature, settings.top_k, settings.max_new_tokens)
+    run = Run(backend, backend.create_model(config, settings.seed), config, tokenizer, folder,
+              MetricsLog(folder / "metrics.jsonl"), settings.seed, sampling, settings.resume, settings.progress,
+              notify)
+    tokens = {split: tokenizer.encode(getattr(corpus, split)) for split in ("train", "validation", "test")}
+
+    def stage_settings(stage):
+        return StageSettings(steps=getattr(settings, f"{stage}_steps"), lr=getattr(settings, f"{stage}_lr"),
+                             batch_size=settings.batch_size, eval_every=getattr(settings, f"{stage}_eval_every"),
+                             checkpoint_every=settings.checkpoint_every, weight_decay=settings.weight_decay,
+                             max_grad_norm=settings.grad_clip, log_every=1 if stage == "rl" else 10)
+
+    stage_calls = {
+        "pretrain": lambda s: pretrain(run, s, tokens["train"], tokens["validation"], settings.eval_windows),
+        "sft": lambda s: sft(run, s, train_pairs, held_out_pairs),
+        "rl": lambda s: rl(run, s, RLSettings(settings.rl_samples, settings.rl_prompts_per_step,
+                                              settings.rl_advantage), rl_prompts, reward_fn, held_out_prompts),
+    }
+    context = {
+        "settings": dataclasses.asdict(settings), "config": config.to_dict(), "corpus": corpus.name,
+        "sources": corpus.sources, "notices": corpus.notices, "vocab_size": tokenizer.vocab_size,
+        "characters": {split: len(t) for split, t in tokens.items()},
+        "sft_pairs": {"train": len(train_pairs), "held_out": len(held_out_pairs),
+                      "file": settings.sft_file or "built-in"},
+        "rl_prompt": format_prompt(RL_INSTRUCTION), "backend": backend.name, "device": backend.device,
+        "machine": f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    summaries = {}
+    for stage in STAGES:
+        checkpoint = run.stage_checkpoint(stage) if settings.resume else None
+        if checkpoint is not None and checkpoint.complete:
+            backend.load_state_dict(run.model, checkpoint.weights)
+            summaries[stage] = checkpoint.meta
+            notify(f"{stage}: already complete in {run.stage_folder(stage)}, skipped")
+            continue
+        last_eval, wall_time = stage_calls[stage](stage_settings(stage))
+        backend.set_training(run.model, False)
+        figures = stage_figures(run, stage, tokens, settings, held_out_pairs, rl_prompts, reward_fn)
+        steps = getattr(settings, f"{stage}_steps")
+        run.metrics.log(stage, steps, summary=True, **figures)
+        samples = report_samples(run, settings.seed)
+        run.save(stage, steps, True, metrics=figures,
+                 extra={"wall_time": wall_time, "samples": samples,
+                        "train_loss": run.metrics.last(stage, "train_loss")})
+        summaries[stage] = run.stage_checkpoint(stage).meta
+        write_plots(folder, run.metrics)
+        write_report(folder, context, summaries, run.metrics)
+    return summaries, folder
+
+
+def stage_figures(run, stage, tokens, settings, held_out_pairs, rl_prompts, reward_fn):
+    """The same figures after every stage, so the report can compare them."""
+    rng = np.random.default_rng([settings.seed, 4_000_037])
+    figures = language_model_figures(run, tokens["validation"], settings.eval_windows, settings.batch_size, "val")
+    if stage == "pretrain":
+        figures.update(language_model_figures(run, tokens["test"], settings.eval_windows, settings.batch_size, "test"))
+    figures.update(answer_figures(run, held_out_pairs, settings.batch_size, rng))
+    figures.update(reward_figures(run, rl_prompts, reward_fn, 16, rng))
+    return figures
+
+
+def report_samples(run, seed):
+    """Two samples at the training temperature and one greedy, for each report prompt, fixed seeds."""
+    samples = []
+    for index, prompt in enumerate(REPORT_PROMPTS):
+        rng = np.random.default_rng([seed, 5_000_011, index])
+        sampled = sample_answers(run, prompt, 2, rng, raw_prompt=True)
+        greedy = sample_answers(run, prompt, 1, rng, temperature=0, raw_prompt=True)
+        samples.append({"prompt": prompt, "sampled": [text for text, _ in sampled], "greedy": greedy[0][0]})
+    return samples
+
+
+__all__ = ["PipelineSettings", "PRESETS", "settings_for", "run_pipeline", "RunFolderError", "CheckpointError"]

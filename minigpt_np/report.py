@@ -1,0 +1,154 @@
+"""Turn a run's metrics and checkpoints into PNG plots and report.md."""
+import math
+from pathlib import Path
+
+# (column title, where the value is) for the stage comparison table.
+COLUMNS = (
+    ("steps", "step"), ("wall time (s)", "wall_time"), ("train loss", "train_loss"),
+    ("val loss", "metrics.val_loss"), ("val bpc", "metrics.val_bpc"), ("answer loss", "metrics.answer_loss"),
+    ("format rate", "metrics.format_rate"), ("reward mean", "metrics.reward_mean"),
+    ("reward/coffee", "metrics.reward/coffee"), ("reward/exclamation", "metrics.reward/exclamation"),
+    ("reward/length", "metrics.reward/length"),
+)
+
+
+def _lookup(summary, path):
+    value = summary
+    for part in path.split(".", 1) if path.startswith("metrics.") else [path]:
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _format(value):
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+def summary_rows(summaries):
+    """[header, row per finished stage] of the comparison table, as strings."""
+    rows = [["stage"] + [title for title, _ in COLUMNS]]
+    for stage, summary in summaries.items():
+        rows.append([stage] + [_format(_lookup(summary, path)) for _, path in COLUMNS])
+    return rows
+
+
+def text_table(rows):
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(rows):
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+    return "\n".join(lines)
+
+
+PLOTS = {
+    "pretrain": ("pretrain_loss.png", "Pretraining: cross-entropy per character",
+                 (("train_loss", "train"), ("val_loss", "validation"))),
+    "sft": ("sft_loss.png", "SFT: answer-only cross-entropy", (("train_loss", "train"), ("answer_loss", "held-out"))),
+    "rl": ("rl_reward.png", "RL: reward of the step's samples",
+           (("reward_mean", "reward mean"), ("reward/coffee", "coffee"), ("reward/exclamation", "exclamation"),
+            ("reward/length", "length"), ("heldout_reward_mean", "held-out prompts"))),
+}
+
+
+def write_plots(folder, metrics):
+    """One PNG per stage that has points: losses with validation, or the reward with its std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for stage, (filename, title, series) in PLOTS.items():
+        if not metrics.series(stage, series[0][0])[0]:
+            continue
+        figure, axes = plt.subplots(figsize=(7, 4))
+        for name, label in series:
+            steps, values = metrics.series(stage, name)
+            if steps:
+                axes.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=label)
+        if stage == "rl":
+            steps, means = metrics.series(stage, "reward_mean")
+            _, stds = metrics.series(stage, "reward_std")
+            if len(stds) == len(means):
+                axes.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                                  alpha=0.2, label="reward ± std")
+            axes.set_ylabel("reward (max 2.0)")
+        else:
+            axes.set_ylabel("nats per character")
+        axes.set_xlabel("step")
+        axes.set_title(title)
+        axes.grid(alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(Path(folder) / filename, dpi=100)
+        plt.close(figure)
+        written.append(filename)
+    return written
+
+
+def write_report(folder, context, summaries, metrics):
+    folder = Path(folder)
+    settings, config = context["settings"], context["config"]
+    lines = [
+        f"# minigpt run: {folder.name}", "",
+        f"Backend **{context['backend']}** on {context['device']} ({context['machine']}), preset "
+        f"`{settings['preset']}`, seed {settings['seed']}, started {context['started']}.", "",
+        "## Data", "",
+        f"Pretraining corpus: **{context['corpus']}**.", "",
+    ]
+    lines += [f"- {split}: {source} ({context['characters'][split]:,} characters)"
+              for split, source in context["sources"].items()]
+    lines += [f"- notice: {notice}" for notice in context["notices"]]
+    context_length = config["context_length"]
+    prompt = context["rl_prompt"]
+    seen = prompt if len(prompt) <= context_length else prompt[-context_length:]
+    lines += [
+        "", f"SFT pairs: {context['sft_pairs']['train']} for training, {context['sft_pairs']['held_out']} held out "
+        f"({context['sft_pairs']['file']}). One character vocabulary of {context['vocab_size']} symbols for all stages.",
+        "", f"RL prompt ({len(prompt)} characters, context {context_length}): the model sees "
+        + ("all of it." if seen == prompt else f"only the last {context_length}:"), "",
+        "```", seen, "```", "",
+        "## Model and training", "",
+        "| setting | value |", "|---|---|",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in config.items()]
+    for key in ("batch_size", "pretrain_steps", "pretrain_lr", "sft_steps", "sft_lr", "rl_steps", "rl_lr",
+                "weight_decay", "grad_clip", "temperature", "top_k", "rl_samples", "rl_advantage", "reward"):
+        lines.append(f"| {key} | {settings[key]} |")
+    lines += ["", "## The stages compared", "",
+              "Figures after each stage: validation loss on the corpus, answer-only loss and format rate on "
+              "the held-out pairs, mean reward of 16 samples for the RL prompt.", "",
+              markdown_table(summary_rows(summaries)), ""]
+    pretrain_metrics = summaries.get("pretrain", {}).get("metrics", {})
+    if "test_loss" in pretrain_metrics:
+        lines += [f"Test after pretraining: loss {pretrain_metrics['test_loss']:.3f}, "
+                  f"{pretrain_metrics['test_bpc']:.3f} bits per character.", ""]
+    lines += ["## Plots", ""]
+    lines += [f"![{title}]({filename})" for stage, (filename, title, _) in PLOTS.items()
+              if (folder / filename).exists()]
+    lines += ["", "## Samples after each stage", "",
+              "The same prompts and seeds after every stage: two samples at the training temperature, then greedy.", ""]
+    for stage, summary in summaries.items():
+        lines += [f"### after {stage}", ""]
+        for sample in summary.get("samples", []):
+            lines.append(f"Prompt: `{_one_line(sample['prompt'])}`")
+            lines += [f"- sampled: `{_one_line(text)}`" for text in sample["sampled"]]
+            lines += [f"- greedy: `{_one_line(sample['greedy'])}`", ""]
+    (folder / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _one_line(text):
+    return text.replace("\n", "⏎").replace("`", "'")

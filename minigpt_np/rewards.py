@@ -1,0 +1,42 @@
+"""Rewards for the RL stage: functions of the answer text that return their named components.
+
+The reward of an answer is the sum of its components; reporting them separately shows which part
+of the reward the policy has learned to collect.
+"""
+import math
+
+
+def original_reward(answer):
+    """The original hand-written reward, at most 2.0:
+
+    coffee       +1.0 if the answer mentions "coffee" (any case)
+    exclamation  +0.5 if it contains "!"
+    length       +0.5 if it has 8 to 20 words
+    """
+    words = answer.split()
+    return {
+        "coffee": 1.0 if "coffee" in answer.lower() else 0.0,
+        "exclamation": 0.5 if "!" in answer else 0.0,
+        "length": 0.5 if 8 <= len(words) <= 20 else 0.0,
+    }
+
+
+REWARDS = {"original": original_reward}
+
+
+def score(reward_fn, answers):
+    """Totals (list of floats) and components (name -> list) of each answer.
+    A reward that raises or gives a non-finite number is an error naming the answer."""
+    totals, components = [], {}
+    for index, answer in enumerate(answers):
+        try:
+            parts = reward_fn(answer)
+            total = float(sum(parts.values()))
+        except Exception as error:
+            raise ValueError(f"the reward function failed on sample {index} ({answer!r}): {error}") from error
+        if not math.isfinite(total):
+            raise ValueError(f"the reward function gave {total} for sample {index} ({answer!r})")
+        totals.append(total)
+        for name, value in parts.items():
+            components.setdefault(name, []).append(float(value))
+    return totals, components

@@ -1,0 +1,98 @@
+"""The torch side of the Backend interface (see minigpt_np/backend.py for the contract)."""
+import numpy as np
+import torch
+import torch.nn.functional as TF
+
+from minigpt_np.backend import IGNORE, Backend
+from minigpt_np.model import TinyGPT as NumpyTinyGPT
+
+from .model import TinyGPT, load_numpy_state_dict, numpy_state_dict
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, device="cpu"):
+        if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+            raise ValueError(f"unknown device {device!r}; choose cpu or cuda")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {device} was asked for, but PyTorch sees no CUDA GPU on this machine")
+        self.device = device
+
+    def create_model(self, config, seed):
+        model = TinyGPT(config)
+        load_numpy_state_dict(model, NumpyTinyGPT(config, seed=seed).state_dict())
+        return model.to(self.device)
+
+    def create_optimizer(self, model, lr, weight_decay):
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def set_training(self, model, training):
+        model.train(training)
+
+    def seed_dropout(self, model, seed):
+        torch.manual_seed(seed)
+
+    def _tensor(self, array):
+        return torch.as_tensor(np.asarray(array), device=self.device)
+
+    def forward(self, model, ids):
+        return model(self._tensor(ids))
+
+    def weighted_nll(self, logits, targets, weights, temperature=1.0, top_k=None):
+        if temperature != 1.0:
+            logits = logits / temperature
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth_largest = torch.topk(logits.detach(), top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits.detach() < kth_largest, -torch.inf)
+        V = logits.shape[-1]
+        nll = TF.cross_entropy(logits.reshape(-1, V), self._tensor(targets).reshape(-1),
+                               ignore_index=IGNORE, reduction="none")
+        weights = self._tensor(np.asarray(weights, dtype=np.float64)).to(logits.dtype).reshape(-1)
+        return (nll * weights).sum()
+
+    def optimizer_step(self, model, optimizer, loss, max_grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def predict(self, model, ids):
+        with torch.no_grad():
+            return model(self._tensor(ids)).cpu().numpy()
+
+    def item(self, loss):
+        return float(loss.item())
+
+    def state_dict(self, model):
+        return numpy_state_dict(model)
+
+    def load_state_dict(self, model, state):
+        load_numpy_state_dict(model, state, strict=True)
+
+    def optimizer_state(self, model, optimizer):
+        arrays, steps = {}, {}
+        for name, param in model.named_parameters():
+            state = optimizer.state.get(param, {})
+            if not state:
+                arrays[f"exp_avg.{name}"] = np.zeros(tuple(param.shape), dtype=param.detach().cpu().numpy().dtype)
+                arrays[f"exp_avg_sq.{name}"] = arrays[f"exp_avg.{name}"].copy()
+                steps[f"steps.{name}"] = 0
+                continue
+            arrays[f"exp_avg.{name}"] = state["exp_avg"].detach().cpu().numpy().copy()
+            arrays[f"exp_avg_sq.{name}"] = state["exp_avg_sq"].detach().cpu().numpy().copy()
+            steps[f"steps.{name}"] = int(state["step"])
+        return arrays, steps
+
+    def load_optimizer_state(self, model, optimizer, arrays, steps):
+        for name, param in model.named_parameters():
+            step = int(steps[f"steps.{name}"])
+            if step == 0:
+                continue
+            optimizer.state[param] = {
+                "step": torch.tensor(float(step)),
+                "exp_avg": torch.as_tensor(arrays[f"exp_avg.{name}"], device=param.device).to(param.dtype).clone(),
+                "exp_avg_sq": torch.as_tensor(arrays[f"exp_avg_sq.{name}"], device=param.device).to(param.dtype).clone(),
+            }

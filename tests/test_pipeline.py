@@ -1,0 +1,181 @@
+"""The pipeline end to end (cut down to seconds), resume, Ctrl-C, NaN, and one-line errors."""
+import importlib.util
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from minigpt_np import backend as backend_module
+from minigpt_np.pipeline import RunFolderError, run_pipeline, settings_for
+from minigpt_np.stages import StageInterrupted, TrainingDiverged
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(d_model=16, n_heads=2, context_length=32, batch_size=4, pretrain_steps=8, pretrain_eval_every=4,
+            sft_steps=4, sft_eval_every=2, rl_steps=2, rl_eval_every=2, rl_samples=2, max_new_tokens=12,
+            eval_windows=4, progress=False)
+
+
+def load_cli(script="run_all"):
+    spec = importlib.util.spec_from_file_location(script, ROOT / "examples" / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def records(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(folder):
+    return [(r["stage"], r["step"], r["train_loss"]) for r in records(folder) if "train_loss" in r]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_quick_preset_end_to_end(tmp_path, backend):
+    settings = settings_for("quick", backend=backend, runs_dir=str(tmp_path), name="run",
+                            **{**TINY, "pretrain_steps": 30, "pretrain_lr": 1e-2, "sft_steps": 10})
+    summaries, folder = run_pipeline(settings, notify=lambda message: None)
+    assert list(summaries) == ["pretrain", "sft", "rl"]
+    for stage in summaries:
+        assert (folder / stage / "model.safetensors").stat().st_size > 0
+        meta = json.loads((folder / stage / "checkpoint.json").read_text())
+        assert meta["complete"] and meta["stage"] == stage and meta["vocabulary"]
+        assert {"val_loss", "val_bpc", "answer_loss", "format_rate", "reward_mean"} <= set(meta["metrics"])
+    for plot in ("pretrain_loss.png", "sft_loss.png", "rl_reward.png"):
+        assert (folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (folder / "report.md").read_text()
+    assert "| pretrain | 30 |" in report and "| rl | 2 |" in report and "![" in report
+    assert "after sft" in report and "embedded" in report
+    pretrain = [loss for stage, _, loss in losses(folder) if stage == "pretrain"]
+    assert pretrain[-1] < pretrain[0] - 0.5, pretrain
+    assert all(r["stage"] in ("pretrain", "sft", "rl") and isinstance(r["step"], int) for r in records(folder))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_sample_script_reads_checkpoints_of_either_backend(tmp_path, capsys, backend):
+    other = {"numpy": "torch", "torch": "numpy"}[backend]
+    settings = settings_for("quick", backend=other, runs_dir=str(tmp_path), name="run",
+                            **{**TINY, "sft_steps": 1, "rl_steps": 1})
+    run_pipeline(settings, notify=lambda message: None)
+    sample = load_cli("sample")
+    assert sample.main([str(tmp_path / "run" / "sft"), "--backend", backend, "--instruction", "Say hi.",
+                        "--samples", "2", "--max-new-tokens", "10"]) == 0
+    output = capsys.readouterr().out
+    assert output.startswith(f"sft checkpoint, step 1, {backend} backend") and output.count("Instruction: Say hi.") == 2
+    assert sample.main([str(tmp_path / "nowhere")]) == 2
+    assert "is not a checkpoint" in capsys.readouterr().err
+
+
+def interrupt_at(monkeypatch, call_number):
+    """Send a real SIGINT (as Ctrl-C does) during the given optimizer step."""
+    original = backend_module.NumpyBackend.optimizer_step
+    calls = {"n": 0}
+
+    def optimizer_step(self, *args):
+        calls["n"] += 1
+        if calls["n"] == call_number:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args)
+
+    monkeypatch.setattr(backend_module.NumpyBackend, "optimizer_step", optimizer_step)
+
+
+def test_ctrl_c_saves_and_resume_matches_an_unbroken_run(tmp_path, monkeypatch):
+    common = dict(backend="numpy", runs_dir=str(tmp_path), **TINY)
+    run_pipeline(settings_for("quick", name="unbroken", **common), notify=lambda m: None)
+
+    interrupt_at(monkeypatch, 5)  # during pretraining step 5: the step finishes, is saved, the run stops
+    with pytest.raises(StageInterrupted, match="stopped at step 5 of 8.*--resume"):
+        run_pipeline(settings_for("quick", name="broken", **common), notify=lambda m: None)
+    saved = json.loads((tmp_path / "broken" / "pretrain" / "checkpoint.json").read_text())
+    assert saved["step"] == 5 and not saved["complete"]
+    assert (tmp_path / "broken" / "pretrain" / "optimizer.safetensors").exists()
+    monkeypatch.undo()
+
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        run_pipeline(settings_for("quick", name="broken", **common), notify=lambda m: None)
+    messages = []
+    run_pipeline(settings_for("quick", name="broken", resume=True, **common), notify=messages.append)
+    assert "pretrain: resuming at step 5 of 8" in messages
+    assert losses(tmp_path / "broken") == losses(tmp_path / "unbroken")
+    assert [r for r in records(tmp_path / "broken") if r["stage"] == "rl"] == \
+           [r for r in records(tmp_path / "unbroken") if r["stage"] == "rl"]
+
+
+def test_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    original = backend_module.NumpyBackend.item
+    calls = {"n": 0}
+
+    def item(self, loss):
+        calls["n"] += 1
+        return float("nan") if calls["n"] == 6 else original(self, loss)
+
+    monkeypatch.setattr(backend_module.NumpyBackend, "item", item)
+    settings = settings_for("quick", backend="numpy", runs_dir=str(tmp_path), name="nan",
+                            **{**TINY, "checkpoint_every": 4})
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 6.*checkpoint \\(step 4\\) is kept"):
+        run_pipeline(settings, notify=lambda m: None)
+    kept = json.loads((tmp_path / "nan" / "pretrain" / "checkpoint.json").read_text())
+    assert kept["step"] == 4
+    weights = load_file(str(tmp_path / "nan" / "pretrain" / "model.safetensors"))
+    assert all(np.isfinite(v).all() for v in weights.values())
+
+
+def cli_error(capsys, *argv):
+    code = load_cli().main(list(argv))
+    message = capsys.readouterr().err.strip()
+    return code, message
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    base = ["--preset", "quick", "--runs-dir", str(tmp_path), "--no-progress", "--pretrain-steps", "2",
+            "--sft-steps", "1", "--rl-steps", "1", "--d-model", "16", "--n-heads", "2", "--rl-samples", "2",
+            "--max-new-tokens", "4", "--eval-windows", "2", "--batch-size", "2", "--context-length", "32"]
+    with pytest.raises(SystemExit) as exit_info:
+        load_cli().main(["--backend", "jax"])
+    assert exit_info.value.code == 2 and "invalid choice: 'jax'" in capsys.readouterr().err
+
+    cases = [
+        (["--backend", "torch", "--device", "cuda"], "PyTorch sees no CUDA GPU"),
+        (["--backend", "numpy", "--device", "cuda"], "numpy backend runs on the CPU only"),
+        (["--backend", "torch", "--device", "tpu"], "unknown device 'tpu'"),
+    ]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    cases.append((["--backend", "numpy", "--sft-file", str(empty)], f"SFT file {empty} holds no"))
+    short = tmp_path / "short.txt"
+    short.write_text("too short for a window\n")
+    cases.append((["--backend", "numpy", "--data", "wikitext", "--train-file", str(short), "--validation-file",
+                   str(short)], "fewer than one context window"))
+    cases.append((["--backend", "numpy", "--reward", "nowhere:nothing"], "cannot load reward"))
+    for extra, expected in cases:
+        code, message = cli_error(capsys, *base, *extra)
+        assert code == 2 and message.startswith("error: ") and expected in message, (extra, message)
+        assert "\n" not in message and "Traceback" not in message
+
+
+def test_resume_refuses_damaged_or_mismatched_checkpoints(tmp_path, capsys):
+    argv = ["--backend", "numpy", "--preset", "quick", "--runs-dir", str(tmp_path), "--name", "r", "--no-progress",
+            "--pretrain-steps", "4", "--sft-steps", "2", "--rl-steps", "1", "--d-model", "16", "--n-heads", "2",
+            "--rl-samples", "2", "--max-new-tokens", "4", "--eval-windows", "2", "--batch-size", "2",
+            "--context-length", "32"]
+    assert load_cli().main(argv) == 0
+    capsys.readouterr()
+    code, message = cli_error(capsys, *argv, "--resume", "--pretrain-steps", "5")
+    assert code == 2 and "other settings than the stopped run: pretrain_steps=5 (run: 4)" in message
+
+    weights = tmp_path / "r" / "sft" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    code, message = cli_error(capsys, *argv, "--resume")
+    assert code == 2 and "truncated or corrupted" in message
+
+    meta_path = tmp_path / "r" / "pretrain" / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    meta["vocabulary"] = meta["vocabulary"][:-2] + meta["vocabulary"][-1:]
+    meta_path.write_text(json.dumps(meta))
+    code, message = cli_error(capsys, *argv, "--resume")
+    assert code == 2 and "different vocabulary" in message

@@ -50,6 +50,12 @@ class Backend:
         """sum(weights * -log p(targets)) as a scalar loss; positions with target IGNORE must weigh 0."""
         raise NotImplementedError
 
+    def kl_entropy(self, logits, reference_logits, kl_weights, entropy_weights):
+        """sum(kl_weights * KL(p || q)) - sum(entropy_weights * H(p)) as a scalar loss, per position
+        p = softmax(logits), q = softmax(reference_logits) (a numpy constant; None when all
+        kl_weights are 0): KL = sum_v p_v (log p_v - log q_v), H = -sum_v p_v log p_v."""
+        raise NotImplementedError
+
     def optimizer_step(self, model, optimizer, loss, max_grad_norm):
         """Backward from loss, clip the global gradient norm, step, clear grads. Returns the norm."""
         raise NotImplementedError
@@ -59,6 +65,10 @@ class Backend:
         raise NotImplementedError
 
     def item(self, loss):
+        raise NotImplementedError
+
+    def numpy(self, logits):
+        """The values of a tensor the model returned, as a numpy array."""
         raise NotImplementedError
 
     def state_dict(self, model):
@@ -111,6 +121,17 @@ class NumpyBackend(Backend):
         nll = F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="none")  # (B, T)
         return (nll * Tensor(np.asarray(weights, dtype=nll.dtype))).sum()
 
+    def kl_entropy(self, logits, reference_logits, kl_weights, entropy_weights):
+        log_p = F.log_softmax(logits)  # (B, T, V)
+        p = log_p.exp()
+        entropy = -(p * log_p).sum(axis=-1)  # (B, T)
+        loss = -(entropy * Tensor(np.asarray(entropy_weights, dtype=logits.dtype))).sum()
+        if reference_logits is not None:
+            log_q = F.log_softmax(Tensor(np.asarray(reference_logits, dtype=logits.dtype))).data
+            kl = (p * (log_p - Tensor(log_q))).sum(axis=-1)  # (B, T)
+            loss = loss + (kl * Tensor(np.asarray(kl_weights, dtype=logits.dtype))).sum()
+        return loss
+
     def optimizer_step(self, model, optimizer, loss, max_grad_norm):
         optimizer.zero_grad()
         loss.backward()
@@ -125,6 +146,9 @@ class NumpyBackend(Backend):
 
     def item(self, loss):
         return float(loss.item())
+
+    def numpy(self, logits):
+        return logits.data
 
     def state_dict(self, model):
         return model.state_dict()

@@ -14,21 +14,22 @@ from pathlib import Path
 import numpy as np
 
 from .backend import get_backend
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, load_checkpoint
 from .config import GPTConfig
 from .data import (check_corpus, format_example, format_prompt, load_corpus, load_sft_pairs, split_pairs)
 from .metrics import MetricsLog
 from .report import write_plots, write_report
-from .rewards import REWARDS
-from .stages import (STAGES, RLSettings, Run, SamplingSettings, StageSettings, answer_figures,
-                     language_model_figures, pretrain, reward_figures, rl, sample_answers, sft)
+from .rewards import REWARDS, score
+from .rl import ADVANTAGES, RLSettings, answer_log_prob, degenerate_answer, reinforce
+from .stages import (STAGES, Run, SamplingSettings, StageSettings, answer_figures, language_model_figures,
+                     pretrain, reward_figures, sample_answers, sft)
 from .tokenizer import CharTokenizer
 
 # The RL instruction of the original: with "Instruction: ... \nAnswer:" around it, the prompt is 72
 # characters, longer than the original context of 64.
 RL_INSTRUCTION = "Write a short tagline about coffee before practice."
-# Raw prompts sampled after every stage, with the same seeds, to show what each stage changed.
-REPORT_PROMPTS = ("The coach", format_prompt(RL_INSTRUCTION))
+# A raw prompt sampled after every stage (with the RL prompt and two held-out instructions).
+TEXT_PROMPT = "The coach"
 
 
 def _setting(default, help, choices=None):
@@ -82,8 +83,16 @@ class PipelineSettings:
     max_new_tokens: int = _setting(80, "longest sampled answer in characters")
     rl_samples: int = _setting(8, "samples per prompt per RL step (1 with --rl-advantage none: the original)")
     rl_prompts_per_step: int = _setting(1, "prompts per RL step")
-    rl_advantage: str = _setting("group_mean", "group_mean (reward minus its group's mean) or none (raw reward)",
-                                 ("group_mean", "none"))
+    rl_advantage: str = _setting("group_mean", "REINFORCE baseline: none (the original), moving_average, group_mean, "
+                                 "rloo (leave-one-out) or group_zscore", ADVANTAGES)
+    rl_baseline_decay: float = _setting(0.9, "moving_average: weight of the old baseline in each update")
+    rl_kl_coef: float = _setting(0.0, "beta: weight of the exact KL to the frozen SFT policy")
+    rl_kl_mode: str = _setting("loss", "KL as a loss term (loss) or as a detached reward penalty (reward)",
+                               ("loss", "reward"))
+    rl_entropy_coef: float = _setting(0.0, "weight of the entropy bonus")
+    rl_aggregation: str = _setting("sequence_sum", "log-probabilities of an answer: summed (sequence_sum, "
+                                   "longer answers weigh more) or averaged (sequence_mean)",
+                                   ("sequence_sum", "sequence_mean"))
     reward: str = _setting("original", "reward: original, or module:function returning {component: value}")
 
 
@@ -117,6 +126,12 @@ def load_reward(spec):
         return getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as error:
         raise ValueError(f"cannot load reward {spec!r}: {error}") from None
+
+
+def rl_settings(settings):
+    return RLSettings(settings.rl_samples, settings.rl_prompts_per_step, settings.rl_advantage,
+                      settings.rl_baseline_decay, settings.rl_kl_coef, settings.rl_kl_mode,
+                      settings.rl_entropy_coef, settings.rl_aggregation)
 
 
 class RunFolderError(ValueError):
@@ -159,33 +174,28 @@ def run_pipeline(settings, notify=print):
     train_pairs, held_out_pairs = split_pairs(pairs)
     rl_prompts = [RL_INSTRUCTION]
     held_out_prompts = [instruction for instruction, _ in held_out_pairs]
+    rl_settings(settings)  # a bad RL setting is reported now, not after pretraining
+    report_prompts = [TEXT_PROMPT] + [format_prompt(i) for i in [RL_INSTRUCTION] + held_out_prompts[:2]]
     tokenizer = CharTokenizer.from_texts(
-        [corpus.train, corpus.validation, corpus.test, *REPORT_PROMPTS]
+        [corpus.train, corpus.validation, corpus.test, *report_prompts, degenerate_answer()]
         + [format_example(i, a) for i, a in pairs] + [format_prompt(p) for p in rl_prompts])
     config = GPTConfig(vocab_size=tokenizer.vocab_size, d_model=settings.d_model, n_layers=settings.n_layers,
                        n_heads=settings.n_heads, context_length=settings.context_length,
                        dropout=settings.dropout, dtype=settings.dtype)
     check_corpus(corpus, config.context_length)
 
-    folder = Path(settings.runs_dir) / (settings.name or f"{settings.preset}-{settings.backend}")
-    _prepare_folder(folder, settings)
-    sampling = SamplingSettings(settings.temperature, settings.top_k, settings.max_new_tokens)
-    run = Run(backend, backend.create_model(config, settings.seed), config, tokenizer, folder,
-              MetricsLog(folder / "metrics.jsonl"), settings.seed, sampling, settings.resume, settings.progress,
-              notify)
+    run = _new_run(settings, backend, config, tokenizer, notify)
+    folder = run.folder
     tokens = {split: tokenizer.encode(getattr(corpus, split)) for split in ("train", "validation", "test")}
 
     def stage_settings(stage):
-        return StageSettings(steps=getattr(settings, f"{stage}_steps"), lr=getattr(settings, f"{stage}_lr"),
-                             batch_size=settings.batch_size, eval_every=getattr(settings, f"{stage}_eval_every"),
-                             checkpoint_every=settings.checkpoint_every, weight_decay=settings.weight_decay,
-                             max_grad_norm=settings.grad_clip, log_every=1 if stage == "rl" else 10)
+        return _stage_settings(settings, stage)
 
     stage_calls = {
         "pretrain": lambda s: pretrain(run, s, tokens["train"], tokens["validation"], settings.eval_windows),
         "sft": lambda s: sft(run, s, train_pairs, held_out_pairs),
-        "rl": lambda s: rl(run, s, RLSettings(settings.rl_samples, settings.rl_prompts_per_step,
-                                              settings.rl_advantage), rl_prompts, reward_fn, held_out_prompts),
+        "rl": lambda s: reinforce(run, s, rl_settings(settings), rl_prompts, reward_fn, held_out_prompts,
+                                  reference_weights=backend.state_dict(run.model)),
     }
     context = {
         "settings": dataclasses.asdict(settings), "config": config.to_dict(), "corpus": corpus.name,
@@ -210,7 +220,7 @@ def run_pipeline(settings, notify=print):
         figures = stage_figures(run, stage, tokens, settings, held_out_pairs, rl_prompts, reward_fn)
         steps = getattr(settings, f"{stage}_steps")
         run.metrics.log(stage, steps, summary=True, **figures)
-        samples = report_samples(run, settings.seed)
+        samples = report_samples(run, settings.seed, report_prompts, reward_fn)
         run.save(stage, steps, True, metrics=figures,
                  extra={"wall_time": wall_time, "samples": samples,
                         "train_loss": run.metrics.last(stage, "train_loss")})
@@ -218,6 +228,39 @@ def run_pipeline(settings, notify=print):
         write_plots(folder, run.metrics)
         write_report(folder, context, summaries, run.metrics)
     return summaries, folder
+
+
+def _new_run(settings, backend, config, tokenizer, notify):
+    folder = Path(settings.runs_dir) / (settings.name or f"{settings.preset}-{settings.backend}")
+    _prepare_folder(folder, settings)
+    sampling = SamplingSettings(settings.temperature, settings.top_k, settings.max_new_tokens)
+    return Run(backend, backend.create_model(config, settings.seed), config, tokenizer, folder,
+               MetricsLog(folder / "metrics.jsonl"), settings.seed, sampling, settings.resume, settings.progress,
+               notify)
+
+
+def _stage_settings(settings, stage):
+    return StageSettings(steps=getattr(settings, f"{stage}_steps"), lr=getattr(settings, f"{stage}_lr"),
+                         batch_size=settings.batch_size, eval_every=getattr(settings, f"{stage}_eval_every"),
+                         checkpoint_every=settings.checkpoint_every, weight_decay=settings.weight_decay,
+                         max_grad_norm=settings.grad_clip, log_every=1 if stage == "rl" else 10)
+
+
+def rl_from_checkpoint(checkpoint_folder, settings, notify=print):
+    """The RL stage alone, starting from a saved (SFT) checkpoint, in the run folder of settings.
+
+    The model's shape and vocabulary come from the checkpoint; RL, sampling and seed settings from
+    settings. Returns (run, wall time in seconds); the figures are in run.metrics.
+    """
+    checkpoint = load_checkpoint(checkpoint_folder)
+    backend = get_backend(settings.backend, settings.device)
+    pairs = load_sft_pairs(settings.sft_file or None)
+    held_out_prompts = [instruction for instruction, _ in split_pairs(pairs)[1]]
+    run = _new_run(settings, backend, checkpoint.config, checkpoint.tokenizer, notify)
+    backend.load_state_dict(run.model, checkpoint.weights)
+    _, wall_time = reinforce(run, _stage_settings(settings, "rl"), rl_settings(settings), [RL_INSTRUCTION],
+                             load_reward(settings.reward), held_out_prompts, checkpoint.weights)
+    return run, wall_time
 
 
 def stage_figures(run, stage, tokens, settings, held_out_pairs, rl_prompts, reward_fn):
@@ -228,17 +271,21 @@ def stage_figures(run, stage, tokens, settings, held_out_pairs, rl_prompts, rewa
         figures.update(language_model_figures(run, tokens["test"], settings.eval_windows, settings.batch_size, "test"))
     figures.update(answer_figures(run, held_out_pairs, settings.batch_size, rng))
     figures.update(reward_figures(run, rl_prompts, reward_fn, 16, rng))
+    figures.update(reward_figures(run, [i for i, _ in held_out_pairs], reward_fn, 4, rng, prefix="heldout_reward"))
+    figures["degenerate_logprob"] = answer_log_prob(run, format_prompt(rl_prompts[0]), degenerate_answer())
     return figures
 
 
-def report_samples(run, seed):
-    """Two samples at the training temperature and one greedy, for each report prompt, fixed seeds."""
+def report_samples(run, seed, prompts, reward_fn):
+    """Two samples at the training temperature and one greedy for each prompt, with fixed seeds, and
+    the reward of each answer to an instruction."""
     samples = []
-    for index, prompt in enumerate(REPORT_PROMPTS):
+    for index, prompt in enumerate(prompts):
         rng = np.random.default_rng([seed, 5_000_011, index])
-        sampled = sample_answers(run, prompt, 2, rng, raw_prompt=True)
-        greedy = sample_answers(run, prompt, 1, rng, temperature=0, raw_prompt=True)
-        samples.append({"prompt": prompt, "sampled": [text for text, _ in sampled], "greedy": greedy[0][0]})
+        sampled = [text for text, _ in sample_answers(run, prompt, 2, rng, raw_prompt=True)]
+        greedy = sample_answers(run, prompt, 1, rng, temperature=0, raw_prompt=True)[0][0]
+        rewards = score(reward_fn, sampled + [greedy])[0] if prompt.startswith("Instruction:") else None
+        samples.append({"prompt": prompt, "sampled": sampled, "greedy": greedy, "rewards": rewards})
     return samples
 
 

@@ -8,7 +8,8 @@ COLUMNS = (
     ("val loss", "metrics.val_loss"), ("val bpc", "metrics.val_bpc"), ("answer loss", "metrics.answer_loss"),
     ("format rate", "metrics.format_rate"), ("reward mean", "metrics.reward_mean"),
     ("reward/coffee", "metrics.reward/coffee"), ("reward/exclamation", "metrics.reward/exclamation"),
-    ("reward/length", "metrics.reward/length"),
+    ("reward/length", "metrics.reward/length"), ("held-out reward", "metrics.heldout_reward_mean"),
+    ("log p(degenerate)/char", "metrics.degenerate_logprob"),
 )
 
 
@@ -60,6 +61,9 @@ PLOTS = {
     "rl": ("rl_reward.png", "RL: reward of the step's samples",
            (("reward_mean", "reward mean"), ("reward/coffee", "coffee"), ("reward/exclamation", "exclamation"),
             ("reward/length", "length"), ("heldout_reward_mean", "held-out prompts"))),
+    "rl_diversity": ("rl_diversity.png", "RL: entropy and diversity of the samples",
+                     (("entropy", "entropy (nats/char)"), ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"),
+                      ("unique_frac", "unique answers"), ("kl", "KL to SFT (nats/char)"))),
 }
 
 
@@ -71,7 +75,8 @@ def write_plots(folder, metrics):
     import matplotlib.pyplot as plt
 
     written = []
-    for stage, (filename, title, series) in PLOTS.items():
+    for plot, (filename, title, series) in PLOTS.items():
+        stage = plot.split("_")[0]
         if not metrics.series(stage, series[0][0])[0]:
             continue
         figure, axes = plt.subplots(figsize=(7, 4))
@@ -79,13 +84,15 @@ def write_plots(folder, metrics):
             steps, values = metrics.series(stage, name)
             if steps:
                 axes.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=label)
-        if stage == "rl":
+        if plot == "rl":
             steps, means = metrics.series(stage, "reward_mean")
             _, stds = metrics.series(stage, "reward_std")
             if len(stds) == len(means):
                 axes.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                                   alpha=0.2, label="reward ± std")
             axes.set_ylabel("reward (max 2.0)")
+        elif plot == "rl_diversity":
+            axes.set_ylabel("nats per character, or fraction")
         else:
             axes.set_ylabel("nats per character")
         axes.set_xlabel("step")
@@ -96,6 +103,19 @@ def write_plots(folder, metrics):
         figure.savefig(Path(folder) / filename, dpi=100)
         plt.close(figure)
         written.append(filename)
+    rewards, kls = metrics.series("rl", "reward_mean")[1], metrics.series("rl", "kl")[1]
+    if rewards and len(rewards) == len(kls):
+        figure, axes = plt.subplots(figsize=(6, 4))
+        points = axes.scatter(kls, rewards, c=range(len(kls)), cmap="viridis", s=14)
+        figure.colorbar(points, label="RL step")
+        axes.set_xlabel("KL to the SFT policy (nats per character)")
+        axes.set_ylabel("reward mean")
+        axes.set_title("RL: reward against distance from the SFT policy")
+        axes.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(Path(folder) / "rl_reward_vs_kl.png", dpi=100)
+        plt.close(figure)
+        written.append("rl_reward_vs_kl.png")
     return written
 
 
@@ -137,18 +157,43 @@ def write_report(folder, context, summaries, metrics):
         lines += [f"Test after pretraining: loss {pretrain_metrics['test_loss']:.3f}, "
                   f"{pretrain_metrics['test_bpc']:.3f} bits per character.", ""]
     lines += ["## Plots", ""]
-    lines += [f"![{title}]({filename})" for stage, (filename, title, _) in PLOTS.items()
-              if (folder / filename).exists()]
+    lines += [f"![{title}]({filename})" for filename, title, _ in PLOTS.values() if (folder / filename).exists()]
+    if (folder / "rl_reward_vs_kl.png").exists():
+        lines.append("![RL: reward against KL](rl_reward_vs_kl.png)")
+    lines += _reward_hacking_section(summaries, metrics)
     lines += ["", "## Samples after each stage", "",
-              "The same prompts and seeds after every stage: two samples at the training temperature, then greedy.", ""]
+              "The same prompts and seeds after every stage: two samples at the training temperature, then greedy "
+              "(the reward of each answer to an instruction in brackets).", ""]
     for stage, summary in summaries.items():
-        lines += [f"### after {stage}", ""]
+        lines += [f"### after {stage}", "", "| prompt | how | answer | reward |", "|---|---|---|---|"]
         for sample in summary.get("samples", []):
-            lines.append(f"Prompt: `{_one_line(sample['prompt'])}`")
-            lines += [f"- sampled: `{_one_line(text)}`" for text in sample["sampled"]]
-            lines += [f"- greedy: `{_one_line(sample['greedy'])}`", ""]
+            rewards = sample.get("rewards") or [None] * 3
+            texts = list(zip(("sampled", "sampled", "greedy"), sample["sampled"] + [sample["greedy"]], rewards))
+            for how, text, reward in texts:
+                lines.append(f"| `{_one_line(sample['prompt'])[-40:]}` | {how} | `{_one_line(text)}` | "
+                             f"{_format(reward)} |")
+        lines.append("")
     (folder / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _reward_hacking_section(summaries, metrics):
+    """Where the policy stands relative to the string that maximises the original reward."""
+    from .rl import degenerate_answer, distinct_n
+
+    degenerate = degenerate_answer()
+    lines = ["", "## Reward hacking, for reference", "",
+             f"The answer `{degenerate.strip()}` earns the original reward's maximum, 2.0, while saying nothing: "
+             f"distinct-1 {distinct_n([degenerate], 1):.2f}, distinct-2 {distinct_n([degenerate], 2):.2f}. "
+             "Its log-probability per character under the model after each stage (closer to 0: more likely):", ""]
+    lines += [f"- after {stage}: {_format(summary.get('metrics', {}).get('degenerate_logprob'))}"
+              for stage, summary in summaries.items()]
+    last = {name: metrics.last("rl", name) for name in ("reward_mean", "kl", "distinct_1", "distinct_2", "unique_frac")}
+    if last["reward_mean"] is not None:
+        lines += ["", f"At the last RL step the policy's samples had reward {_format(last['reward_mean'])}, "
+                  f"KL to SFT {_format(last['kl'])} nats per character, distinct-1 {_format(last['distinct_1'])}, "
+                  f"distinct-2 {_format(last['distinct_2'])} and {_format(last['unique_frac'])} of them unique."]
+    return lines
+
+
 def _one_line(text):
-    return text.replace("\n", "⏎").replace("`", "'")
+    return text.replace("\n", "⏎").replace("`", "'").replace("|", "/")

@@ -23,30 +23,48 @@ def draw(probs, uniforms):
     return (cumulative > uniforms[:, None]).argmax(axis=-1)
 
 
-def generate(predict, prompt_ids, n_samples, max_new_tokens, context_length, temperature, top_k, rng, stop_id):
-    """Continue one prompt n_samples times, all samples advanced together (one forward per token).
+def generate(predict, prompts, n_samples, max_new_tokens, context_length, temperature, top_k, rng, stop_id):
+    """Continue each prompt n_samples times, all samples advanced together.
 
+    prompts: one id array, or a list of them (rows come out prompt by prompt).
     predict: ids (N, T) -> logits (N, T, V) as numpy, without gradients.
-    Each step the model sees the last context_length tokens (the crop). temperature 0 is greedy.
+    Each step every sample sees its last context_length tokens (the crop); samples whose windows
+    have the same length share one forward (all of them, when the prompts have one length or the
+    windows are full). One uniform per sample per step, drawn in row order. temperature 0 is greedy.
     A sample ends at stop_id (kept as its last token) or after max_new_tokens.
     Returns (tokens (N, L) int64 padded with stop_id, lengths (N,), finished (N,) bool).
     """
-    prompt_ids = np.asarray(prompt_ids, dtype=np.int64)
-    sequences = np.tile(prompt_ids, (n_samples, 1))
-    generated = np.full((n_samples, max_new_tokens), stop_id, dtype=np.int64)
-    lengths = np.zeros(n_samples, dtype=np.int64)
-    finished = np.zeros(n_samples, dtype=bool)
+    if isinstance(prompts, np.ndarray) and prompts.ndim == 1:
+        prompts = [prompts]
+    prompts = [np.asarray(p, dtype=np.int64) for p in prompts for _ in range(n_samples)]
+    N = len(prompts)
+    prompt_lengths = np.array([len(p) for p in prompts])
+    sequences = np.zeros((N, prompt_lengths.max() + max_new_tokens), dtype=np.int64)
+    for row, prompt in enumerate(prompts):
+        sequences[row, : len(prompt)] = prompt
+    generated = np.full((N, max_new_tokens), stop_id, dtype=np.int64)
+    lengths = np.zeros(N, dtype=np.int64)
+    finished = np.zeros(N, dtype=bool)
     for step in range(max_new_tokens):
-        logits = predict(sequences[:, -context_length:])[:, -1]  # (N, V)
+        ends = prompt_lengths + step  # each row's current length
+        starts = np.maximum(ends - context_length, 0)
+        logits = None
+        for window in np.unique(ends - starts):
+            rows = np.flatnonzero(ends - starts == window)
+            batch = np.stack([sequences[r, starts[r]:ends[r]] for r in rows])  # (rows, window)
+            last = predict(batch)[:, -1]  # (rows, V)
+            if logits is None:
+                logits = np.empty((N, last.shape[-1]), dtype=last.dtype)
+            logits[rows] = last
         if temperature == 0:
             tokens = logits.argmax(axis=-1)
         else:
-            tokens = draw(next_token_probs(logits, temperature, top_k), rng.random(n_samples))
+            tokens = draw(next_token_probs(logits, temperature, top_k), rng.random(N))
         tokens = np.where(finished, stop_id, tokens)
         generated[:, step] = tokens
+        sequences[np.arange(N), ends] = tokens
         lengths += ~finished
         finished |= tokens == stop_id
-        sequences = np.concatenate([sequences, tokens[:, None]], axis=1)
         if finished.all():
             break
     return generated[:, : max(1, lengths.max())], lengths, finished

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import functional as F
 from .autograd import Tensor
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import IGNORE, evaluation_windows, format_prompt, random_windows, sft_batch
 from .rewards import score
 from .sampling import generate
@@ -51,13 +51,6 @@ class SamplingSettings:
     temperature: float = 0.6
     top_k: int = 10
     max_new_tokens: int = 80
-
-
-@dataclass
-class RLSettings:
-    samples_per_prompt: int = 8  # G: completions per prompt; 1 with advantage "none" is the original
-    prompts_per_step: int = 1  # P: prompts per step, drawn from the RL prompts
-    advantage: str = "group_mean"  # "group_mean": r - mean of the prompt's group; "none": r itself
 
 
 class Run:
@@ -122,11 +115,12 @@ def _progress_bar(run, stage, total, initial):
                 dynamic_ncols=True, leave=True)
 
 
-def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_loss"):
+def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_loss", state=None):
     """Run steps 1..settings.steps of a stage (continuing a saved partial stage when resuming).
 
     make_loss(rng) -> (loss, figures): the step's loss handle and any other figures of the step;
     the loss's value is logged as loss_name. evaluate() -> figures, every eval_every steps and at the end.
+    state: a dict of plain numbers the stage carries from step to step (saved and restored with it).
     Returns (figures of the last evaluation, wall time of the stage in seconds).
     """
     backend, model = run.backend, run.model
@@ -138,6 +132,8 @@ def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_
         backend.load_optimizer_state(model, optimizer, partial.optimizer_arrays, partial.meta["optimizer_steps"])
         start, wall_time = partial.step, partial.meta.get("wall_time", 0.0)
         last_eval = partial.meta.get("metrics", {})
+        if state is not None:
+            state.update(partial.meta.get("stage_state", {}))
         run.notify(f"{stage}: resuming at step {start} of {settings.steps}")
     run.metrics.truncate_after(stage, start)
     saved_step = start
@@ -145,7 +141,7 @@ def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_
     with _CtrlC() as ctrl_c, _progress_bar(run, stage, settings.steps, start) as bar:
         for step in range(start + 1, settings.steps + 1):
             if ctrl_c.requested:
-                run.save(stage, step - 1, False, optimizer, last_eval, {"wall_time": wall_time})
+                run.save(stage, step - 1, False, optimizer, last_eval, {"wall_time": wall_time, "stage_state": state})
                 raise StageInterrupted(f"{stage}: stopped at step {step - 1} of {settings.steps} and saved to "
                                        f"{run.stage_folder(stage)}; run again with --resume to continue")
             started = time.perf_counter()
@@ -170,7 +166,7 @@ def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_
             bar.set_postfix({k: f"{v:.3f}" for k, v in {**figures, **last_eval}.items()
                              if k in (loss_name, "val_loss", "answer_loss", "reward_mean")})
             if settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < settings.steps:
-                run.save(stage, step, False, optimizer, last_eval, {"wall_time": wall_time})
+                run.save(stage, step, False, optimizer, last_eval, {"wall_time": wall_time, "stage_state": state})
                 saved_step = step
     return last_eval, wall_time
 
@@ -276,105 +272,3 @@ def sft(run, settings, train_pairs, held_out_pairs):
         return answer_figures(run, held_out_pairs, settings.batch_size, np.random.default_rng([run.seed, 2_000_003]))
 
     return train_loop(run, "sft", settings, make_loss, evaluate)
-
-
-# ---------------------------------------------------------------------------- stage 3: RL
-def policy_windows(prompt_ids, generated, lengths, context_length):
-    """Forward batches that give every sampled token exactly the context it was sampled from.
-
-    The sampler saw the last context_length tokens before each new token (the crop). Tokens at
-    absolute index j <= context_length all saw a prefix of the first window, so one causal forward
-    over sequence[:, :context_length] scores them all. Each later token saw its own window
-    sequence[:, j - context_length : j]; those windows are stacked into one more batch in which only
-    the last position is a target.
-
-    Returns [(ids, targets, sample_index)], targets IGNORE except at sampled tokens (the stop
-    newline included, it is part of the action).
-    """
-    N, Lp = generated.shape[0], len(prompt_ids)
-    sequences = np.concatenate([np.tile(prompt_ids, (N, 1)), generated], axis=1)  # (N, Lp + Lg)
-    positions = np.arange(sequences.shape[1])
-    sampled = (positions >= Lp) & (positions < Lp + lengths[:, None])  # (N, Lp + Lg): tokens the policy drew
-    batches = []
-    first_T = min(sequences.shape[1] - 1, context_length)
-    targets = np.where(sampled[:, 1:first_T + 1], sequences[:, 1:first_T + 1], IGNORE)
-    if (targets != IGNORE).any():
-        batches.append((sequences[:, :first_T], targets, np.arange(N)))
-    later = [j for j in range(context_length + 1, sequences.shape[1]) if sampled[:, j].any()]
-    if later:
-        ids = np.concatenate([sequences[:, j - context_length:j] for j in later])  # (len(later) * N, T)
-        targets = np.full(ids.shape, IGNORE, dtype=np.int64)
-        targets[:, -1] = np.concatenate([np.where(sampled[:, j], sequences[:, j], IGNORE) for j in later])
-        batches.append((ids, targets, np.tile(np.arange(N), len(later))))
-    return batches
-
-
-def advantages(rewards, method):
-    """REINFORCE weights of one prompt's group of samples.
-
-    none:       A_i = r_i (the original: no baseline, every sample pushed up by its raw reward)
-    group_mean: A_i = r_i - mean(r), the other samples of the same prompt as the baseline; it keeps
-                the gradient unbiased up to a factor (G-1)/G and removes most of its variance.
-    """
-    rewards = np.asarray(rewards, dtype=np.float64)
-    if method == "none":
-        return rewards
-    if method == "group_mean":
-        return rewards - rewards.mean()
-    raise ValueError(f"unknown advantage {method!r}; choose group_mean or none")
-
-
-def rl(run, settings, rl_settings, prompts, reward_fn, held_out_prompts):
-    """REINFORCE on the policy's own samples.
-
-    Each step: take prompts_per_step prompts (P); for each, sample G = samples_per_prompt answers with
-    the run's temperature, top-k and context crop, score them with the reward, and compute their
-    advantages. Then recompute the log-probability of every sampled token under the same
-    distribution (temperature, top-k truncation, crop: see policy_windows) with gradients, and
-    minimise
-
-        loss = -(1 / (P G)) * sum_i A_i * sum_t log p(token_it | context_it)
-
-    (summed over an answer's tokens, averaged over answers: a longer answer carries more terms, a
-    length bias worth knowing since the reward has a length component). Dropout is off throughout,
-    so the sampled and the optimised distributions are the same.
-    """
-    backend, model, sampling = run.backend, run.model, run.sampling
-    if rl_settings.advantage == "group_mean" and rl_settings.samples_per_prompt < 2:
-        raise ValueError("the group_mean advantage needs at least 2 samples per prompt (with 1 it is always 0)")
-    prompt_ids = [run.tokenizer.encode(format_prompt(p)) for p in prompts]
-    G = rl_settings.samples_per_prompt
-
-    def make_loss(rng):
-        backend.set_training(model, False)
-        chosen = rng.choice(len(prompts), size=rl_settings.prompts_per_step, replace=len(prompts) < rl_settings.prompts_per_step)
-        normaliser = 1.0 / (len(chosen) * G)
-        loss, all_rewards, all_components, lengths_chars = None, [], {}, []
-        for index in chosen:
-            generated, lengths, finished = generate(
-                run.predict, prompt_ids[index], G, sampling.max_new_tokens, run.config.context_length,
-                sampling.temperature, sampling.top_k, rng, run.stop_id)
-            answers = [run.tokenizer.decode(row[: n - int(done)]) for row, n, done in zip(generated, lengths, finished)]
-            rewards, components = score(reward_fn, answers)
-            advantage = advantages(rewards, rl_settings.advantage) * normaliser
-            for ids, targets, sample_index in policy_windows(prompt_ids[index], generated, lengths,
-                                                             run.config.context_length):
-                weights = np.where(targets != IGNORE, advantage[sample_index][:, None], 0.0)
-                part = backend.weighted_nll(backend.forward(model, ids), targets, weights,
-                                            sampling.temperature, sampling.top_k)
-                loss = part if loss is None else loss + part
-            all_rewards += rewards
-            lengths_chars += [len(a) for a in answers]
-            for name, values in components.items():
-                all_components.setdefault(name, []).extend(values)
-        figures = {"reward_mean": float(np.mean(all_rewards)),
-                   "reward_std": float(np.std(all_rewards)), "length_chars": float(np.mean(lengths_chars))}
-        figures.update({f"reward/{name}": float(np.mean(v)) for name, v in all_components.items()})
-        return loss, figures
-
-    def evaluate():
-        backend.set_training(model, False)
-        rng = np.random.default_rng([run.seed, 3_000_003])
-        return reward_figures(run, held_out_prompts, reward_fn, 4, rng, prefix="heldout_reward")
-
-    return train_loop(run, "rl", settings, make_loss, evaluate, loss_name="policy_loss")

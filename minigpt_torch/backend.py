@@ -51,6 +51,17 @@ class TorchBackend(Backend):
         weights = self._tensor(np.asarray(weights, dtype=np.float64)).to(logits.dtype).reshape(-1)
         return (nll * weights).sum()
 
+    def kl_entropy(self, logits, reference_logits, kl_weights, entropy_weights):
+        log_p = torch.log_softmax(logits, dim=-1)
+        p = log_p.exp()
+        entropy = -(p * log_p).sum(dim=-1)
+        loss = -(entropy * self._tensor(entropy_weights).to(logits.dtype)).sum()
+        if reference_logits is not None:
+            log_q = torch.log_softmax(self._tensor(reference_logits).to(logits.dtype), dim=-1)
+            kl = (p * (log_p - log_q)).sum(dim=-1)
+            loss = loss + (kl * self._tensor(kl_weights).to(logits.dtype)).sum()
+        return loss
+
     def optimizer_step(self, model, optimizer, loss, max_grad_norm):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -65,6 +76,9 @@ class TorchBackend(Backend):
 
     def item(self, loss):
         return float(loss.item())
+
+    def numpy(self, logits):
+        return logits.detach().cpu().numpy()
 
     def state_dict(self, model):
         return numpy_state_dict(model)

@@ -7,8 +7,8 @@ import pytest
 from minigpt_np.backend import NumpyBackend, top_k_mask
 from minigpt_np.data import IGNORE
 from minigpt_np.pipeline import run_pipeline, settings_for
+from minigpt_np.rl import ADVANTAGES, advantages, policy_windows
 from minigpt_np.sampling import generate
-from minigpt_np.stages import advantages, policy_windows
 from minigpt_torch.backend import TorchBackend
 from parity_tests.helpers import check
 from parity_tests.test_model import twin_models
@@ -45,27 +45,39 @@ def test_weighted_nll_and_its_gradients(dtype, temperature, top_k):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("advantage", ["group_mean", "none"])
-def test_reinforce_loss_and_gradients_on_the_same_rollouts(dtype, advantage):
-    """The RL loss of policy_windows + weighted_nll, numpy vs torch, for one fixed set of rollouts
-    that runs past the context window (so both kinds of window are used)."""
-    np_model, torch_model = twin_models(SPEC, dtype)
+@pytest.mark.parametrize("advantage", ADVANTAGES)
+@pytest.mark.parametrize("kl_coef, entropy_coef", [(0.0, 0.0), (0.1, 0.02)])
+def test_reinforce_loss_and_gradients_on_the_same_rollouts(dtype, advantage, kl_coef, entropy_coef):
+    """The RL loss (policy gradient through policy_windows + weighted_nll, exact KL to a reference
+    model and entropy through kl_entropy), numpy vs torch, on one fixed set of rollouts from two
+    prompts of different lengths that run past the context window (every kind of window is used)."""
+    np_model, torch_model = twin_models(SPEC, dtype, seed=0)
+    np_reference, _ = twin_models(SPEC, dtype, seed=1)
     numpy_backend, torch_backend = NumpyBackend(), TorchBackend()
-    prompt = np.array([1, 2, 3, 4, 5, 6, 7, 8])
-    generated, lengths, _ = generate(lambda ids: numpy_backend.predict(np_model, ids), prompt, 6, 10, 12,
+    prompts = [np.array([1, 2, 3, 4, 5, 6, 7, 8]), np.array([9, 10, 11])]
+    generated, lengths, _ = generate(lambda ids: numpy_backend.predict(np_model, ids), prompts, 3, 10, 12,
                                      0.8, 6, np.random.default_rng(3), stop_id=0)
-    assert lengths.max() + len(prompt) > 13
-    weights_per_sample = advantages(np.linspace(0.0, 2.0, 6), advantage) / 6
+    sample_prompts = [prompts[0]] * 3 + [prompts[1]] * 3
+    assert max(len(p) + n for p, n in zip(sample_prompts, lengths)) > 13
+    rewards = np.array([0.0, 1.5, 2.0, 0.5, 0.5, 1.0])
+    per_sample = np.concatenate([advantages(rewards[:3], advantage, 0.7), advantages(rewards[3:], advantage, 0.7)]) / 6
+    batches = policy_windows(sample_prompts, generated, lengths, 12)
+    assert len(batches) == 2  # the first windows and the later ones
     losses = {}
     for name, backend, model in (("numpy", numpy_backend, np_model), ("torch", torch_backend, torch_model)):
         total = None
-        for ids, targets, sample_index in policy_windows(prompt, generated, lengths, 12):
-            weights = np.where(targets != IGNORE, weights_per_sample[sample_index][:, None], 0.0)
-            part = backend.weighted_nll(backend.forward(model, ids), targets, weights, 0.8, 6)
+        for ids, targets, sample_index in batches:
+            counted = targets != IGNORE
+            part = backend.weighted_nll(backend.forward(model, ids), targets,
+                                        np.where(counted, per_sample[sample_index][:, None], 0.0), 0.8, 6)
+            if kl_coef or entropy_coef:
+                logits = backend.forward(model, ids)
+                part = part + backend.kl_entropy(logits, numpy_backend.predict(np_reference, ids),
+                                                 counted * kl_coef, counted * entropy_coef)
             total = part if total is None else total + part
         total.backward()
         losses[name] = total
-    what = f"REINFORCE {advantage}"
+    what = f"REINFORCE {advantage} kl={kl_coef} entropy={entropy_coef}"
     check({"loss": losses["numpy"]}, {"loss": losses["torch"]}, dtype, "value", what, scope="model")
     check(grads(np_model), grads(torch_model), dtype, "grad", what, scope="model")
 
@@ -74,8 +86,8 @@ def test_sampling_draws_the_same_tokens_on_both_backends():
     np_model, torch_model = twin_models(SPEC, "float64")
     results = []
     for backend, model in ((NumpyBackend(), np_model), (TorchBackend(), torch_model)):
-        results.append(generate(lambda ids: backend.predict(model, ids), np.array([3, 4, 5]), 8, 20, 12,
-                                0.7, 5, np.random.default_rng(11), stop_id=0))
+        results.append(generate(lambda ids: backend.predict(model, ids), [np.array([3, 4, 5]), np.array([6])], 4,
+                                20, 12, 0.7, 5, np.random.default_rng(11), stop_id=0))
     for a, b in zip(*results):
         assert np.array_equal(a, b)
 
@@ -85,14 +97,15 @@ def test_whole_pipeline_runs_agree(tmp_path):
     common = dict(runs_dir=str(tmp_path), dtype="float64", dropout=0.0, d_model=32, n_heads=4, context_length=48,
                   batch_size=4, pretrain_steps=12, pretrain_eval_every=6, sft_steps=6, sft_eval_every=3,
                   rl_steps=3, rl_eval_every=3, rl_samples=4, max_new_tokens=24, eval_windows=4, progress=False,
-                  pretrain_lr=3e-3, sft_lr=3e-3, rl_lr=1e-3)
+                  pretrain_lr=3e-3, sft_lr=3e-3, rl_lr=1e-3, rl_kl_coef=0.1, rl_entropy_coef=0.01)
     records = {}
     for backend in ("numpy", "torch"):
         run_pipeline(settings_for("quick", backend=backend, name=backend, **common), notify=lambda m: None)
         records[backend] = [json.loads(line) for line in (tmp_path / backend / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["step"], sorted(r)) for r in records["numpy"]] == \
            [(r["stage"], r["step"], sorted(r)) for r in records["torch"]]
-    for name in ("train_loss", "policy_loss", "val_loss", "answer_loss", "reward_mean", "format_rate"):
+    for name in ("train_loss", "policy_loss", "val_loss", "answer_loss", "reward_mean", "format_rate", "kl",
+                 "entropy", "degenerate_logprob"):
         ours = [r[name] for r in records["numpy"] if name in r]
         theirs = [r[name] for r in records["torch"] if name in r]
         assert ours, name

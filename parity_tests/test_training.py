@@ -4,13 +4,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as TF
 
 import minigpt_np
 from minigpt_np import functional as F
 from minigpt_np.optim import AdamW, clip_grad_norm_
 from parity_tests.helpers import check
-from parity_tests.test_model import CONFIGS, random_batch, torch_loss, twin_models
+from parity_tests.test_model import CONFIGS, torch_loss, twin_models
 
 DTYPES = ["float64", "float32"]
 

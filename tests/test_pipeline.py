@@ -179,3 +179,19 @@ def test_resume_refuses_damaged_or_mismatched_checkpoints(tmp_path, capsys):
     meta_path.write_text(json.dumps(meta))
     code, message = cli_error(capsys, *argv, "--resume")
     assert code == 2 and "different vocabulary" in message
+
+
+def test_compare_rl_writes_a_table_and_a_plot(tmp_path, capsys):
+    settings = settings_for("quick", backend="numpy", runs_dir=str(tmp_path), name="base",
+                            **{**TINY, "rl_steps": 1})
+    run_pipeline(settings, notify=lambda message: None)
+    compare = load_cli("compare_rl")
+    out = tmp_path / "compare"
+    assert compare.main([str(tmp_path / "base" / "sft"), "--backend", "numpy", "--steps", "2", "--samples", "2",
+                         "--seeds", "0", "1", "--advantages", "rloo", "none", "--kl-coefs", "0", "0.1",
+                         "--out", str(out)]) == 0
+    table = (out / "comparison.md").read_text()
+    for method in ("rloo, beta=0 ", "rloo, beta=0.1", "none, beta=0 ", "none, beta=0.1"):
+        assert f"| {method.strip()} |" in table
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "rloo-beta0.1-seed1" / "metrics.jsonl").exists()

@@ -1,0 +1,265 @@
+"""The RL stage: REINFORCE on the policy's own samples, with baselines, a KL leash and diagnostics.
+
+One step, in words:
+
+1. Rollouts. P prompts x G samples, all advanced together by ``sampling.generate`` (one batched
+   forward per generated character), at the run's temperature, top-k and context crop. A sample
+   ends at the end-of-answer newline (which is part of the action) or at max_new_tokens.
+2. Rewards. ``reward(answer)`` returns named components; their sum is the reward r.
+3. Advantages A (``advantages``), optionally after subtracting a KL penalty from r.
+4. Loss, with the log-probabilities recomputed for exactly the contexts that were sampled
+   (``policy_windows``) under the same distribution (temperature, top-k truncation, crop):
+
+       loss = -(1/N) sum_i A_i * agg_t log p(a_it | c_it)                  policy gradient
+              + beta * (1/T) sum_it KL(pi(.|c_it) || pi_sft(.|c_it))       if kl_mode == "loss"
+              - entropy_coef * (1/T) sum_it H(pi(.|c_it))                  entropy bonus
+
+   N = P*G samples, T = number of sampled tokens, agg_t = sum over the answer's tokens
+   ("sequence_sum") or their mean ("sequence_mean"). With sequence_sum a longer answer carries
+   more terms, so its advantage moves more log-probability: a length bias worth knowing, since
+   the original reward has a length term. sequence_mean removes it.
+
+KL and entropy are exact: summed over the whole vocabulary at every sampled context (the vocabulary
+is small), for the models' own next-character distributions (softmax of the logits, temperature 1,
+no truncation; the sampler transforms both models' distributions the same way). As a loss term,
+the per-token KL is an exact (zero-variance) estimate of the sequence-level KL divided by its
+length, at the contexts the policy visited; its gradient treats those contexts as fixed. As a
+reward penalty (kl_mode "reward"), each answer's r becomes r - beta * sum_t KL_t (detached).
+Dropout is off throughout, so the sampled and the optimised distributions are the same.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .data import IGNORE, format_prompt
+from .rewards import score
+from .sampling import generate
+from .stages import reward_figures, train_loop
+
+ADVANTAGES = ("none", "moving_average", "group_mean", "rloo", "group_zscore")
+ZSCORE_EPS = 1e-6
+
+
+@dataclass
+class RLSettings:
+    samples_per_prompt: int = 8  # G
+    prompts_per_step: int = 1  # P
+    advantage: str = "group_mean"
+    baseline_decay: float = 0.9  # moving_average: b <- decay * b + (1 - decay) * mean(r)
+    kl_coef: float = 0.0  # beta
+    kl_mode: str = "loss"  # "loss" or "reward"
+    entropy_coef: float = 0.0
+    aggregation: str = "sequence_sum"  # or "sequence_mean"
+
+    def __post_init__(self):
+        if self.advantage not in ADVANTAGES:
+            raise ValueError(f"unknown advantage {self.advantage!r}; choose one of {', '.join(ADVANTAGES)}")
+        if self.advantage in ("group_mean", "rloo", "group_zscore") and self.samples_per_prompt < 2:
+            raise ValueError(f"the {self.advantage} advantage needs at least 2 samples per prompt")
+        if self.kl_mode not in ("loss", "reward"):
+            raise ValueError(f"kl_mode must be loss or reward, got {self.kl_mode!r}")
+        if self.aggregation not in ("sequence_sum", "sequence_mean"):
+            raise ValueError(f"aggregation must be sequence_sum or sequence_mean, got {self.aggregation!r}")
+
+
+# ---------------------------------------------------------------------------- advantages
+def advantages(rewards, method, baseline=0.0):
+    """Advantages of one prompt's group of G rewards.
+
+    none            A_i = r_i                                the original: no baseline
+    moving_average  A_i = r_i - b                            b: a running mean of past rewards
+    group_mean      A_i = r_i - mean(r)                      the group is its own baseline
+    rloo            A_i = r_i - mean(r_j, j != i)            leave-one-out: the baseline does not
+                        = G/(G-1) * (r_i - mean(r))          depend on r_i, so the gradient is unbiased
+    group_zscore    A_i = (r_i - mean(r)) / (std(r) + eps)   also rescales each group to unit spread
+
+    A group whose rewards are all equal gets zero advantage from every method with a group baseline:
+    it carries no signal.
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    G = len(rewards)
+    if method == "none":
+        return rewards.copy()
+    if method == "moving_average":
+        return rewards - baseline
+    centred = rewards - rewards.mean()
+    if method == "group_mean":
+        return centred
+    if method == "rloo":
+        return centred * (G / (G - 1))
+    if method == "group_zscore":
+        return centred / (rewards.std() + ZSCORE_EPS)
+    raise ValueError(f"unknown advantage {method!r}")
+
+
+# ---------------------------------------------------------------------------- exact KL and entropy
+def log_softmax_np(logits):
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def kl_and_entropy(policy_logits, reference_logits):
+    """Per position: KL(p || q) = sum_v p_v (log p_v - log q_v) and H(p) = -sum_v p_v log p_v,
+    with p = softmax(policy_logits), q = softmax(reference_logits), in float64."""
+    log_p = log_softmax_np(np.asarray(policy_logits, dtype=np.float64))
+    log_q = log_softmax_np(np.asarray(reference_logits, dtype=np.float64))
+    p = np.exp(log_p)
+    return (p * (log_p - log_q)).sum(axis=-1), -(p * log_p).sum(axis=-1)
+
+
+# ---------------------------------------------------------------------------- the sampled contexts
+def policy_windows(prompts, generated, lengths, context_length):
+    """At most two forward batches that give every sampled token exactly the context it was sampled from.
+
+    prompts: one id array per sample; generated (N, L), lengths (N,): the sampled tokens.
+    The sampler saw the last context_length tokens before each new token (the crop). A token at
+    absolute index j <= context_length saw a prefix of its sample's first window
+    sequence[:context_length], so one causal forward over the first windows scores all of them;
+    shorter first windows are padded on the right, which cannot change an earlier position's
+    logits (attention is causal) and whose targets are IGNORE. Each later token saw its own window
+    sequence[j - context_length : j]; those form the second batch, in which only the last position
+    is a target.
+
+    Returns [(ids, targets, sample_index)]; targets are IGNORE except at sampled tokens.
+    """
+    first, later = [], []
+    for i, (prompt, row, length) in enumerate(zip(prompts, generated, lengths)):
+        sequence = np.concatenate([prompt, row[:length]])
+        first_T = min(len(sequence) - 1, context_length)
+        targets = sequence[1:first_T + 1].copy()
+        targets[: len(prompt) - 1] = IGNORE  # predictions of prompt characters are not actions
+        if (targets != IGNORE).any():
+            first.append((sequence[:first_T], targets, i))
+        for j in range(max(context_length + 1, len(prompt)), len(sequence)):
+            later.append((sequence[j - context_length:j], sequence[j], i))
+    batches = []
+    if first:
+        width = max(len(ids) for ids, _, _ in first)
+        ids = np.zeros((len(first), width), dtype=np.int64)
+        targets = np.full((len(first), width), IGNORE, dtype=np.int64)
+        for row, (window, window_targets, _) in enumerate(first):
+            ids[row, : len(window)], targets[row, : len(window)] = window, window_targets
+        batches.append((ids, targets, np.array([i for _, _, i in first])))
+    if later:
+        ids = np.stack([window for window, _, _ in later])  # (number of later tokens, context_length)
+        targets = np.full(ids.shape, IGNORE, dtype=np.int64)
+        targets[:, -1] = [target for _, target, _ in later]
+        batches.append((ids, targets, np.array([i for _, _, i in later])))
+    return batches
+
+
+# ---------------------------------------------------------------------------- diagnostics
+def distinct_n(answers, n):
+    """Distinct word n-grams over all n-grams in the answers (1.0: no n-gram repeats)."""
+    grams = [tuple(words[k:k + n]) for words in (a.split() for a in answers) for k in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def text_figures(answers, finished):
+    """Length, truncation and diversity figures of a set of sampled answers."""
+    return {
+        "length_chars": float(np.mean([len(a) for a in answers])),
+        "length_words": float(np.mean([len(a.split()) for a in answers])),
+        "truncated_frac": float(np.mean(~np.asarray(finished))),
+        "distinct_1": distinct_n(answers, 1),
+        "distinct_2": distinct_n(answers, 2),
+        "unique_frac": len(set(answers)) / len(answers),
+    }
+
+
+def degenerate_answer(n_words=8):
+    """The string that maximises the original reward without saying anything."""
+    return " " + " ".join(["coffee"] * n_words) + "!"
+
+
+def answer_log_prob(run, prompt, answer):
+    """Mean log-probability per character of answer + its closing newline after prompt, under the
+    model's own distribution (temperature 1), each character with the context the sampler would see."""
+    prompt_ids, answer_ids = run.tokenizer.encode(prompt), run.tokenizer.encode(answer + "\n")
+    total, count = 0.0, 0
+    for ids, targets, _ in policy_windows([prompt_ids], answer_ids[None], np.array([len(answer_ids)]),
+                                          run.config.context_length):
+        log_probs = log_softmax_np(run.predict(ids).astype(np.float64))
+        counted = targets != IGNORE
+        total += float(log_probs[counted, targets[counted]].sum())
+        count += int(counted.sum())
+    return total / count
+
+
+# ---------------------------------------------------------------------------- the stage
+def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, reference_weights):
+    """The RL stage (see the module docstring for the algorithm). reference_weights: the frozen SFT
+    policy that the KL is measured against."""
+    backend, model, sampling, T = run.backend, run.model, run.sampling, run.config.context_length
+    reference = backend.create_model(run.config, run.seed)
+    backend.load_state_dict(reference, reference_weights)
+    backend.set_training(reference, False)
+    prompt_ids = [run.tokenizer.encode(format_prompt(p)) for p in prompts]
+    G = rl_settings.samples_per_prompt
+    state = {"baseline": 0.0, "baseline_steps": 0}  # the moving-average baseline, saved with checkpoints
+
+    def make_loss(rng):
+        backend.set_training(model, False)
+        chosen = rng.choice(len(prompts), size=rl_settings.prompts_per_step,
+                            replace=len(prompts) < rl_settings.prompts_per_step)
+        sample_prompts = [prompt_ids[c] for c in chosen for _ in range(G)]
+        generated, lengths, finished = generate(run.predict, [prompt_ids[c] for c in chosen], G,
+                                                sampling.max_new_tokens, T, sampling.temperature,
+                                                sampling.top_k, rng, run.stop_id)
+        answers = [run.tokenizer.decode(row[: n - int(done)]) for row, n, done in zip(generated, lengths, finished)]
+        rewards, components = score(reward_fn, answers)
+        rewards = np.asarray(rewards)
+        N = len(answers)
+
+        # One forward with gradient per window batch; the reference model scores the same windows.
+        outputs = [(backend.forward(model, ids), backend.predict(reference, ids), targets, index)
+                   for ids, targets, index in policy_windows(sample_prompts, generated, lengths, T)]
+        token_kl, token_entropy, token_sample = [], [], []
+        for logits, reference_logits, targets, index in outputs:
+            counted = targets != IGNORE
+            kl, entropy = kl_and_entropy(backend.numpy(logits)[counted], reference_logits[counted])
+            token_kl.append(kl)
+            token_entropy.append(entropy)
+            token_sample.append(np.broadcast_to(index[:, None], targets.shape)[counted])
+        token_kl, token_entropy = np.concatenate(token_kl), np.concatenate(token_entropy)
+        token_sample = np.concatenate(token_sample)
+        sample_kl = np.bincount(token_sample, weights=token_kl, minlength=N)  # sum over each answer's tokens
+
+        shaped = rewards - rl_settings.kl_coef * sample_kl if rl_settings.kl_mode == "reward" else rewards
+        advantage = np.concatenate([advantages(shaped[g * G:(g + 1) * G], rl_settings.advantage, state["baseline"])
+                                    for g in range(len(chosen))])
+        if rl_settings.advantage == "moving_average":
+            decay = rl_settings.baseline_decay if state["baseline_steps"] else 0.0  # start at the first mean
+            state["baseline"] = decay * state["baseline"] + (1 - decay) * float(shaped.mean())
+            state["baseline_steps"] += 1
+        per_token = advantage / N  # sequence_sum
+        if rl_settings.aggregation == "sequence_mean":
+            per_token = per_token / np.maximum(lengths, 1)
+        n_tokens = int(lengths.sum())
+        kl_weight = rl_settings.kl_coef / n_tokens if rl_settings.kl_mode == "loss" else 0.0
+        entropy_weight = rl_settings.entropy_coef / n_tokens
+
+        loss = None
+        for logits, reference_logits, targets, index in outputs:
+            counted = targets != IGNORE
+            weights = np.where(counted, per_token[index][:, None], 0.0)
+            part = backend.weighted_nll(logits, targets, weights, sampling.temperature, sampling.top_k)
+            if kl_weight or entropy_weight:
+                part = part + backend.kl_entropy(logits, reference_logits, counted * kl_weight,
+                                                 counted * entropy_weight)
+            loss = part if loss is None else loss + part
+
+        groups = rewards.reshape(len(chosen), G)
+        figures = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+                   **{f"reward/{name}": float(np.mean(v)) for name, v in components.items()},
+                   "zero_std_frac": float(np.mean(groups.std(axis=1) == 0)),
+                   "kl": float(token_kl.mean()), "entropy": float(token_entropy.mean()),
+                   **text_figures(answers, finished)}
+        return loss, figures
+
+    def evaluate():
+        backend.set_training(model, False)
+        rng = np.random.default_rng([run.seed, 3_000_003])
+        return reward_figures(run, held_out_prompts, reward_fn, 4, rng, prefix="heldout_reward")
+
+    return train_loop(run, "rl", settings, make_loss, evaluate, loss_name="policy_loss", state=state)

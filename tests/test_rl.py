@@ -1,0 +1,124 @@
+"""The RL pieces: advantages, exact KL and entropy, the sampled contexts, diagnostics."""
+import numpy as np
+import pytest
+
+import minigpt_np
+from minigpt_np.backend import NumpyBackend
+from minigpt_np.data import IGNORE
+from minigpt_np.rl import (RLSettings, advantages, degenerate_answer, distinct_n, kl_and_entropy, policy_windows,
+                           text_figures)
+from minigpt_np.rewards import original_reward
+from minigpt_np.sampling import generate, next_token_probs
+
+
+def test_advantage_identities():
+    rewards = np.array([0.0, 0.5, 2.0, 1.5])
+    G = len(rewards)
+    group_mean = advantages(rewards, "group_mean")
+    assert np.allclose(group_mean, rewards - rewards.mean()) and abs(group_mean.sum()) < 1e-12
+    rloo = advantages(rewards, "rloo")
+    leave_one_out = np.array([rewards[i] - np.delete(rewards, i).mean() for i in range(G)])
+    assert np.allclose(rloo, leave_one_out) and np.allclose(rloo, G / (G - 1) * group_mean)
+    zscore = advantages(rewards, "group_zscore")
+    assert np.isclose(zscore.std(), 1.0, atol=1e-5) and np.allclose(zscore * (rewards.std() + 1e-6), group_mean)
+    assert np.array_equal(advantages(rewards, "none"), rewards)
+    assert np.allclose(advantages(rewards, "moving_average", baseline=0.75), rewards - 0.75)
+    for method in ("group_mean", "rloo", "group_zscore"):
+        assert np.array_equal(advantages(np.full(5, 1.5), method), np.zeros(5)), method
+
+
+def test_rl_settings_reject_impossible_combinations():
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        RLSettings(samples_per_prompt=1, advantage="rloo")
+    with pytest.raises(ValueError, match="unknown advantage"):
+        RLSettings(advantage="ppo")
+    RLSettings(samples_per_prompt=1, advantage="none")  # the original algorithm
+
+
+def test_exact_kl_and_entropy_against_a_direct_sum():
+    rng = np.random.default_rng(0)
+    p_logits, q_logits = rng.standard_normal((5, 7)) * 2, rng.standard_normal((5, 7))
+    kl, entropy = kl_and_entropy(p_logits, q_logits)
+    p = np.exp(p_logits) / np.exp(p_logits).sum(-1, keepdims=True)
+    q = np.exp(q_logits) / np.exp(q_logits).sum(-1, keepdims=True)
+    for row in range(5):
+        assert np.isclose(kl[row], sum(p[row, v] * np.log(p[row, v] / q[row, v]) for v in range(7)), rtol=1e-12)
+        assert np.isclose(entropy[row], -sum(p[row, v] * np.log(p[row, v]) for v in range(7)), rtol=1e-12)
+    assert np.allclose(kl_and_entropy(p_logits, p_logits)[0], 0.0, atol=1e-12)
+
+
+def tiny_model():
+    config = minigpt_np.GPTConfig(vocab_size=9, d_model=16, n_layers=1, n_heads=2, context_length=6, dtype="float64")
+    model = minigpt_np.TinyGPT(config, seed=0)
+    model.eval()
+    return model
+
+
+def test_loss_log_probs_are_the_sampling_distribution():
+    """-weighted_nll of one token with temperature and top-k equals log of the probability that the
+    sampler used: softmax of logits / T renormalised over the k kept tokens."""
+    backend, model = NumpyBackend(), tiny_model()
+    prompt = np.array([1, 2, 3, 4, 5, 6, 7])  # longer than the context: the crop is used
+    generated, lengths, _ = generate(lambda ids: backend.predict(model, ids), prompt, 3, 5, 6, 0.7, 3,
+                                     np.random.default_rng(0), stop_id=0)
+    for sample in range(3):
+        sequence = np.concatenate([prompt, generated[sample, :lengths[sample]]])
+        for step in range(lengths[sample]):
+            position = len(prompt) + step
+            window = sequence[max(0, position - 6):position]
+            probs = next_token_probs(backend.predict(model, window[None])[:, -1], 0.7, 3)[0]
+            assert probs[sequence[position]] > 0 and (probs > 0).sum() <= 3
+            targets = np.full(window.shape, IGNORE)[None]
+            targets[0, -1] = sequence[position]
+            weights = (targets != IGNORE).astype(float)
+            nll = backend.weighted_nll(backend.forward(model, window[None]), targets, weights, 0.7, 3).item()
+            assert np.isclose(-nll, np.log(probs[sequence[position]]), atol=1e-12)
+
+
+def test_policy_windows_score_each_token_once_with_its_sampled_context():
+    prompts = [np.array([1, 2, 3]), np.array([4, 5, 6, 7, 8])]
+    generated = np.array([[1, 1, 0, 0], [2, 3, 4, 0]])
+    lengths = np.array([3, 4])
+    scored = []
+    for ids, targets, index in policy_windows(prompts, generated, lengths, 6):
+        for row in range(len(ids)):
+            for position in np.flatnonzero(targets[row] != IGNORE):
+                scored.append((int(index[row]), tuple(ids[row, : position + 1]), int(targets[row, position])))
+    expected = []
+    for i, (prompt, row, n) in enumerate(zip(prompts, generated, lengths)):
+        sequence = np.concatenate([prompt, row[:n]])
+        for j in range(len(prompt), len(sequence)):
+            expected.append((i, tuple(sequence[max(0, j - 6):j]), int(sequence[j])))
+    assert sorted(scored) == sorted(expected)
+
+
+def test_a_batch_whose_weights_are_all_zero_gives_no_nan():
+    backend, model = NumpyBackend(), tiny_model()
+    ids = np.array([[1, 2, 3, 4]])
+    targets = np.full((1, 4), IGNORE)
+    loss = backend.weighted_nll(backend.forward(model, ids), targets, np.zeros((1, 4)), 0.6, 3)
+    loss = loss + backend.kl_entropy(backend.forward(model, ids), backend.predict(model, ids), np.zeros((1, 4)),
+                                     np.zeros((1, 4)))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(np.isfinite(p.grad).all() and not p.grad.any() for p in model.parameters())
+
+
+def test_generate_with_prompts_of_different_lengths_matches_one_prompt_at_a_time():
+    backend, model = NumpyBackend(), tiny_model()
+    prompts = [np.array([1, 2]), np.array([3, 4, 5, 6, 7, 8, 1])]
+    together = generate(lambda ids: backend.predict(model, ids), prompts, 2, 6, 6, 0.0, None, None, stop_id=0)
+    for index, prompt in enumerate(prompts):
+        alone = generate(lambda ids: backend.predict(model, ids), prompt, 2, 6, 6, 0.0, None, None, stop_id=0)
+        rows = slice(2 * index, 2 * index + 2)
+        assert np.array_equal(together[1][rows], alone[1])
+        for row_together, row_alone, n in zip(together[0][rows], alone[0], alone[1]):
+            assert np.array_equal(row_together[:n], row_alone[:n])
+
+
+def test_diversity_figures_and_the_degenerate_answer():
+    assert distinct_n(["a b c", "a b d"], 1) == 4 / 6 and distinct_n(["a b c", "a b d"], 2) == 3 / 4
+    figures = text_figures(["a b", "a b", "c"], [True, True, False])
+    assert figures["unique_frac"] == 2 / 3 and np.isclose(figures["truncated_frac"], 1 / 3)
+    degenerate = degenerate_answer()
+    assert sum(original_reward(degenerate).values()) == 2.0 and distinct_n([degenerate], 2) < 0.3

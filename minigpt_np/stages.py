@@ -1,6 +1,6 @@
-"""The three training stages, written once against the Backend interface (backend.py).
+"""Pretraining and SFT, written once against the Backend interface (backend.py); RL is in rl.py.
 
-Each stage is one function whose docstring states its algorithm; they share ``train_loop``, which
+Each stage is one function whose docstring states its algorithm; all three share ``train_loop``, which
 owns everything that is not the algorithm: the optimizer, deterministic per-step randomness,
 progress, metrics, checkpoints, resuming, Ctrl-C and the NaN guard.
 

@@ -119,7 +119,7 @@ def gelu(x):
 
 
 # ---------------------------------------------------------------------------- softmax family
-def _softmax(a, axis):
+def softmax_array(a, axis=-1):
     """Numerically stable softmax of a numpy array; a row that is all -inf gives zeros, not NaN."""
     row_max = np.max(a, axis=axis, keepdims=True)
     row_max = np.where(np.isfinite(row_max), row_max, 0.0)  # a fully masked row has max -inf
@@ -133,7 +133,7 @@ def softmax(x, axis=-1):
 
     Backward: d x_i = out_i * (g_i - sum_j g_j out_j). A row masked entirely with -inf gives zeros.
     """
-    out = _softmax(x.data, axis)
+    out = softmax_array(x.data, axis)
 
     def backward(grad):
         return (out * (grad - np.sum(grad * out, axis=axis, keepdims=True)),)
@@ -141,15 +141,18 @@ def softmax(x, axis=-1):
     return Tensor.from_op(out, (x,), backward)
 
 
+def log_softmax_array(a, axis=-1):
+    """x_i - log sum_j exp(x_j) of a numpy array, as log-sum-exp with the max subtracted first."""
+    shifted = a - np.max(a, axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
 def log_softmax(x, axis=-1):
-    """out_i = x_i - log sum_j exp(x_j) (log-sum-exp with the max subtracted first).
+    """out_i = x_i - log sum_j exp(x_j) (``log_softmax_array``).
 
     Backward: d x_i = g_i - softmax(x)_i * sum_j g_j.
     """
-    a = x.data
-    row_max = np.max(a, axis=axis, keepdims=True)
-    shifted = a - row_max
-    out = shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+    out = log_softmax_array(x.data, axis)
 
     def backward(grad):
         return (grad - np.exp(out) * np.sum(grad, axis=axis, keepdims=True),)
@@ -320,8 +323,7 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
         raise ValueError(f"target {targets[bad].flat[0]} is outside the {V} classes")
     safe_targets = np.where(counted, targets, 0)
 
-    row_max = a.max(axis=-1, keepdims=True)
-    log_probs = a - row_max - np.log(np.exp(a - row_max).sum(axis=-1, keepdims=True))
+    log_probs = log_softmax_array(a)
     picked = np.take_along_axis(log_probs, safe_targets[..., None], axis=-1)[..., 0]
     losses = np.where(counted, -picked, 0.0).astype(a.dtype)
     n_counted = int(counted.sum())
@@ -352,7 +354,7 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
 
 
 __all__ = [
-    "erf", "gelu", "softmax", "log_softmax", "masked_fill", "linear", "embedding", "layer_norm",
+    "erf", "gelu", "softmax", "softmax_array", "log_softmax", "log_softmax_array", "masked_fill", "linear", "embedding", "layer_norm",
     "dropout", "dropout_mask", "causal_mask", "scaled_dot_product_attention", "multi_head_attention",
     "cross_entropy", "as_tensor",
 ]

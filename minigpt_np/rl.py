@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data import IGNORE, format_prompt
+from .functional import log_softmax_array
 from .rewards import score
 from .sampling import generate
 from .stages import reward_figures, train_loop
@@ -93,16 +94,11 @@ def advantages(rewards, method, baseline=0.0):
 
 
 # ---------------------------------------------------------------------------- exact KL and entropy
-def log_softmax_np(logits):
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
 def kl_and_entropy(policy_logits, reference_logits):
     """Per position: KL(p || q) = sum_v p_v (log p_v - log q_v) and H(p) = -sum_v p_v log p_v,
     with p = softmax(policy_logits), q = softmax(reference_logits), in float64."""
-    log_p = log_softmax_np(np.asarray(policy_logits, dtype=np.float64))
-    log_q = log_softmax_np(np.asarray(reference_logits, dtype=np.float64))
+    log_p = log_softmax_array(np.asarray(policy_logits, dtype=np.float64))
+    log_q = log_softmax_array(np.asarray(reference_logits, dtype=np.float64))
     p = np.exp(log_p)
     return (p * (log_p - log_q)).sum(axis=-1), -(p * log_p).sum(axis=-1)
 
@@ -179,7 +175,7 @@ def answer_log_prob(run, prompt, answer):
     total, count = 0.0, 0
     for ids, targets, _ in policy_windows([prompt_ids], answer_ids[None], np.array([len(answer_ids)]),
                                           run.config.context_length):
-        log_probs = log_softmax_np(run.predict(ids).astype(np.float64))
+        log_probs = log_softmax_array(run.predict(ids).astype(np.float64))
         counted = targets != IGNORE
         total += float(log_probs[counted, targets[counted]].sum())
         count += int(counted.sum())

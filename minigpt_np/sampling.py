@@ -6,14 +6,13 @@ draw the same tokens, which makes sampling itself parity-testable.
 import numpy as np
 
 from .backend import top_k_mask
+from .functional import softmax_array
 
 
 def next_token_probs(logits, temperature, top_k):
     """p = softmax(logits / temperature) over the top-k logits (the rest get 0); float64 (N, V)."""
     logits = np.asarray(logits, dtype=np.float64) / temperature
-    logits = np.where(top_k_mask(logits, top_k), -np.inf, logits)
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    return softmax_array(np.where(top_k_mask(logits, top_k), -np.inf, logits))
 
 
 def draw(probs, uniforms):

@@ -188,9 +188,6 @@ def run_pipeline(settings, notify=print):
     folder = run.folder
     tokens = {split: tokenizer.encode(getattr(corpus, split)) for split in ("train", "validation", "test")}
 
-    def stage_settings(stage):
-        return _stage_settings(settings, stage)
-
     stage_calls = {
         "pretrain": lambda s: pretrain(run, s, tokens["train"], tokens["validation"], settings.eval_windows),
         "sft": lambda s: sft(run, s, train_pairs, held_out_pairs),
@@ -215,7 +212,7 @@ def run_pipeline(settings, notify=print):
             summaries[stage] = checkpoint.meta
             notify(f"{stage}: already complete in {run.stage_folder(stage)}, skipped")
             continue
-        last_eval, wall_time = stage_calls[stage](stage_settings(stage))
+        _, wall_time = stage_calls[stage](_stage_settings(settings, stage))
         backend.set_training(run.model, False)
         figures = stage_figures(run, stage, tokens, settings, held_out_pairs, rl_prompts, reward_fn)
         steps = getattr(settings, f"{stage}_steps")

@@ -82,11 +82,23 @@ def main(argv=None):
     header = [f"# RL methods compared from `{args.checkpoint}`", "",
               f"{args.backend} backend; {args.steps} steps x {args.samples} samples = {completions} completions per "
               f"run; seeds {args.seeds}; final figures are means over the last {args.last} steps.", ""]
-    (args.out / "comparison.md").write_text("\n".join(header + rows) + "\n\n![reward curves](comparison.png)\n")
+    notes = scale_note(args.advantages)
+    (args.out / "comparison.md").write_text("\n".join(header + rows + notes) + "\n\n![reward curves](comparison.png)\n")
     plot(results, args.out / "comparison.png")
-    print("\n".join(rows))
+    print("\n".join(rows + notes))
     print(f"\nwritten: {args.out / 'comparison.md'}, {args.out / 'comparison.png'}")
     return 0
+
+
+def scale_note(advantages):
+    """Why group_mean, rloo and group_zscore can come out (nearly) the same."""
+    if len({"group_mean", "rloo", "group_zscore"} & set(advantages)) < 2:
+        return []
+    return ["", "Within one group, rloo's advantages are G/(G-1) times group_mean's and group_zscore's are "
+            "group_mean's divided by the group's std: the same direction, another scale. AdamW divides each "
+            "update by a running gradient size, so a constant scale changes (almost) nothing, and with one prompt "
+            "per step the three runs follow nearly the same path; they part where the std changes from step to "
+            "step (group_zscore) or where several prompts share a step."]
 
 
 def plot(results, path):

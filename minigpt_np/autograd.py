@@ -154,8 +154,11 @@ class Tensor:
         other = as_tensor(other, self.dtype)
         a_shape, b_shape = self.shape, other.shape
 
+        a_needs, b_needs = self.requires_grad, other.requires_grad  # a constant gets no gradient
+
         def backward(grad):
-            return unbroadcast(grad, a_shape), unbroadcast(grad, b_shape)
+            return (unbroadcast(grad, a_shape) if a_needs else None,
+                    unbroadcast(grad, b_shape) if b_needs else None)
 
         return Tensor.from_op(self.data + other.data, (self, other), backward)
 
@@ -175,8 +178,11 @@ class Tensor:
         other = as_tensor(other, self.dtype)
         a, b = self.data, other.data
 
+        a_needs, b_needs = self.requires_grad, other.requires_grad
+
         def backward(grad):
-            return unbroadcast(grad * b, a.shape), unbroadcast(grad * a, b.shape)
+            return (unbroadcast(grad * b, a.shape) if a_needs else None,
+                    unbroadcast(grad * a, b.shape) if b_needs else None)
 
         return Tensor.from_op(a * b, (self, other), backward)
 

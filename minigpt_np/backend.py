@@ -56,8 +56,14 @@ class Backend:
         kl_weights are 0): KL = sum_v p_v (log p_v - log q_v), H = -sum_v p_v log p_v."""
         raise NotImplementedError
 
+    def backward(self, loss):
+        """Add the gradients of loss to the parameters' (accumulating, as for micro-batches) and
+        free its graph. Returns the loss's value."""
+        raise NotImplementedError
+
     def optimizer_step(self, model, optimizer, loss, max_grad_norm):
-        """Backward from loss, clip the global gradient norm, step, clear grads. Returns the norm."""
+        """Backward from loss, clip the global gradient norm, step, clear grads. Returns the norm.
+        loss None: the gradients were already accumulated with ``backward``."""
         raise NotImplementedError
 
     def predict(self, model, ids):
@@ -132,9 +138,14 @@ class NumpyBackend(Backend):
             loss = loss + (kl * Tensor(np.asarray(kl_weights, dtype=logits.dtype))).sum()
         return loss
 
-    def optimizer_step(self, model, optimizer, loss, max_grad_norm):
-        optimizer.zero_grad()
+    def backward(self, loss):
         loss.backward()
+        return float(loss.item())
+
+    def optimizer_step(self, model, optimizer, loss, max_grad_norm):
+        if loss is not None:
+            optimizer.zero_grad()
+            loss.backward()
         norm = clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
         optimizer.zero_grad()

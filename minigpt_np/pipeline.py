@@ -93,6 +93,11 @@ class PipelineSettings:
     rl_aggregation: str = _setting("sequence_sum", "log-probabilities of an answer: summed (sequence_sum, "
                                    "longer answers weigh more) or averaged (sequence_mean)",
                                    ("sequence_sum", "sequence_mean"))
+    rl_missing_stop_penalty: float = _setting(0.0, "subtracted from the reward of an answer that runs to "
+                                              "--max-new-tokens without its end (a training signal only: the "
+                                              "logged reward is the reward function's)")
+    rl_windows_per_pass: int = _setting(128, "RL update: sampled windows per forward/backward piece (less: "
+                                        "less memory, a little slower)")
     reward: str = _setting("original", "reward: original, or module:function returning {component: value}")
 
 
@@ -131,7 +136,8 @@ def load_reward(spec):
 def rl_settings(settings):
     return RLSettings(settings.rl_samples, settings.rl_prompts_per_step, settings.rl_advantage,
                       settings.rl_baseline_decay, settings.rl_kl_coef, settings.rl_kl_mode,
-                      settings.rl_entropy_coef, settings.rl_aggregation)
+                      settings.rl_entropy_coef, settings.rl_aggregation, settings.rl_missing_stop_penalty,
+                      settings.rl_windows_per_pass)
 
 
 class RunFolderError(ValueError):
@@ -162,6 +168,14 @@ def _prepare_folder(folder, settings):
     settings_path.write_text(json.dumps(current, indent=1))
 
 
+def build_tokenizer(corpus, pairs, extra_texts=()):
+    """One character vocabulary for every stage: the corpus, the SFT examples, the RL prompt,
+    the degenerate answer of the report and any extra texts."""
+    return CharTokenizer.from_texts(
+        [corpus.train, corpus.validation, corpus.test, *extra_texts, degenerate_answer(), format_prompt(RL_INSTRUCTION)]
+        + [format_example(i, a) for i, a in pairs])
+
+
 def run_pipeline(settings, notify=print):
     """Pretraining, SFT and RL one after the other; returns the summary of each stage."""
     backend = get_backend(settings.backend, settings.device)
@@ -176,9 +190,7 @@ def run_pipeline(settings, notify=print):
     held_out_prompts = [instruction for instruction, _ in held_out_pairs]
     rl_settings(settings)  # a bad RL setting is reported now, not after pretraining
     report_prompts = [TEXT_PROMPT] + [format_prompt(i) for i in [RL_INSTRUCTION] + held_out_prompts[:2]]
-    tokenizer = CharTokenizer.from_texts(
-        [corpus.train, corpus.validation, corpus.test, *report_prompts, degenerate_answer()]
-        + [format_example(i, a) for i, a in pairs] + [format_prompt(p) for p in rl_prompts])
+    tokenizer = build_tokenizer(corpus, pairs, report_prompts)
     config = GPTConfig(vocab_size=tokenizer.vocab_size, d_model=settings.d_model, n_layers=settings.n_layers,
                        n_heads=settings.n_heads, context_length=settings.context_length,
                        dropout=settings.dropout, dtype=settings.dtype)

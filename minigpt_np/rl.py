@@ -6,7 +6,9 @@ One step, in words:
    forward per generated character), at the run's temperature, top-k and context crop. A sample
    ends at the end-of-answer newline (which is part of the action) or at max_new_tokens.
 2. Rewards. ``reward(answer)`` returns named components; their sum is the reward r.
-3. Advantages A (``advantages``), optionally after subtracting a KL penalty from r.
+3. Advantages A (``advantages``), optionally after subtracting from r a KL penalty and a penalty
+   for an answer cut off at max_new_tokens (``missing_stop_penalty``: the reward itself can score a
+   cut-off answer well, and without it a policy can learn never to finish; the logged reward is r).
 4. Loss, with the log-probabilities recomputed for exactly the contexts that were sampled
    (``policy_windows``) under the same distribution (temperature, top-k truncation, crop):
 
@@ -18,6 +20,10 @@ One step, in words:
    ("sequence_sum") or their mean ("sequence_mean"). With sequence_sum a longer answer carries
    more terms, so its advantage moves more log-probability: a length bias worth knowing, since
    the original reward has a length term. sequence_mean removes it.
+
+The windows are processed in pieces of at most ``windows_per_pass`` (``accumulate_policy_gradient``):
+each piece's part of the loss is back-propagated at once and the gradients add up, so the memory is
+that of one piece, whatever the number of samples.
 
 KL and entropy are exact: summed over the whole vocabulary at every sampled context (the vocabulary
 is small), for the models' own next-character distributions (softmax of the logits, temperature 1,
@@ -51,6 +57,8 @@ class RLSettings:
     kl_mode: str = "loss"  # "loss" or "reward"
     entropy_coef: float = 0.0
     aggregation: str = "sequence_sum"  # or "sequence_mean"
+    missing_stop_penalty: float = 0.0  # subtracted from the reward of an answer cut off at max_new_tokens
+    windows_per_pass: int = 128  # policy windows per forward/backward piece (memory: one piece's graph)
 
     def __post_init__(self):
         if self.advantage not in ADVANTAGES:
@@ -61,6 +69,10 @@ class RLSettings:
             raise ValueError(f"kl_mode must be loss or reward, got {self.kl_mode!r}")
         if self.aggregation not in ("sequence_sum", "sequence_mean"):
             raise ValueError(f"aggregation must be sequence_sum or sequence_mean, got {self.aggregation!r}")
+        if self.windows_per_pass < 1:
+            raise ValueError(f"windows_per_pass must be at least 1, got {self.windows_per_pass}")
+        if not self.missing_stop_penalty >= 0:
+            raise ValueError(f"missing_stop_penalty must be >= 0, got {self.missing_stop_penalty}")
 
 
 # ---------------------------------------------------------------------------- advantages
@@ -104,8 +116,9 @@ def kl_and_entropy(policy_logits, reference_logits):
 
 
 # ---------------------------------------------------------------------------- the sampled contexts
-def policy_windows(prompts, generated, lengths, context_length):
-    """At most two forward batches that give every sampled token exactly the context it was sampled from.
+def policy_windows(prompts, generated, lengths, context_length, max_rows=None):
+    """At most two forward batches that give every sampled token exactly the context it was sampled from
+    (each cut into pieces of at most max_rows windows, when given).
 
     prompts: one id array per sample; generated (N, L), lengths (N,): the sampled tokens.
     The sampler saw the last context_length tokens before each new token (the crop). A token at
@@ -141,7 +154,36 @@ def policy_windows(prompts, generated, lengths, context_length):
         targets = np.full(ids.shape, IGNORE, dtype=np.int64)
         targets[:, -1] = [target for _, target, _ in later]
         batches.append((ids, targets, np.array([i for _, _, i in later])))
-    return batches
+    if max_rows is None:
+        return batches
+    return [(ids[start:start + max_rows], targets[start:start + max_rows], index[start:start + max_rows])
+            for ids, targets, index in batches for start in range(0, len(ids), max_rows)]
+
+
+def accumulate_policy_gradient(backend, model, batches, reference_logits, token_weights, temperature, top_k,
+                               kl_weight, entropy_weight):
+    """The REINFORCE loss of the module docstring, its gradient added to the parameters piece by piece.
+
+    batches: ``policy_windows`` pieces; reference_logits: the frozen model's logits on each piece;
+    token_weights(index, counted): the policy-gradient weight of every position of a piece.
+    Each piece is forwarded, its part of the loss built and back-propagated at once, so only one
+    piece's graph is alive at a time (the memory of a piece, not of the whole rollout); the sum of
+    the parts' gradients is the whole loss's gradient. Returns the loss value and, per sampled token,
+    the KL to the reference, the entropy and the sample it belongs to.
+    """
+    total, token_kl, token_entropy, token_sample = 0.0, [], [], []
+    for (ids, targets, index), reference in zip(batches, reference_logits):
+        logits = backend.forward(model, ids)
+        counted = targets != IGNORE
+        kl, entropy = kl_and_entropy(backend.numpy(logits)[counted], reference[counted])
+        token_kl.append(kl)
+        token_entropy.append(entropy)
+        token_sample.append(np.broadcast_to(index[:, None], targets.shape)[counted])
+        part = backend.weighted_nll(logits, targets, token_weights(index, counted), temperature, top_k)
+        if kl_weight or entropy_weight:
+            part = part + backend.kl_entropy(logits, reference, counted * kl_weight, counted * entropy_weight)
+        total += backend.backward(part)
+    return total, np.concatenate(token_kl), np.concatenate(token_entropy), np.concatenate(token_sample)
 
 
 # ---------------------------------------------------------------------------- diagnostics
@@ -207,21 +249,19 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
         rewards = np.asarray(rewards)
         N = len(answers)
 
-        # One forward with gradient per window batch; the reference model scores the same windows.
-        outputs = [(backend.forward(model, ids), backend.predict(reference, ids), targets, index)
-                   for ids, targets, index in policy_windows(sample_prompts, generated, lengths, T)]
-        token_kl, token_entropy, token_sample = [], [], []
-        for logits, reference_logits, targets, index in outputs:
-            counted = targets != IGNORE
-            kl, entropy = kl_and_entropy(backend.numpy(logits)[counted], reference_logits[counted])
-            token_kl.append(kl)
-            token_entropy.append(entropy)
-            token_sample.append(np.broadcast_to(index[:, None], targets.shape)[counted])
-        token_kl, token_entropy = np.concatenate(token_kl), np.concatenate(token_entropy)
-        token_sample = np.concatenate(token_sample)
-        sample_kl = np.bincount(token_sample, weights=token_kl, minlength=N)  # sum over each answer's tokens
+        # The windows the samples were drawn from, in pieces; the frozen reference scores them first.
+        batches = policy_windows(sample_prompts, generated, lengths, T, rl_settings.windows_per_pass)
+        reference_logits = [backend.predict(reference, ids) for ids, _, _ in batches]
 
-        shaped = rewards - rl_settings.kl_coef * sample_kl if rl_settings.kl_mode == "reward" else rewards
+        shaped = rewards - rl_settings.missing_stop_penalty * ~finished
+        if rl_settings.kl_mode == "reward" and rl_settings.kl_coef:
+            # the penalty needs each answer's KL before the update: score the windows once without a graph
+            sample_kl = np.zeros(N)
+            for (ids, targets, index), reference_part in zip(batches, reference_logits):
+                counted = targets != IGNORE
+                kl, _ = kl_and_entropy(run.predict(ids)[counted], reference_part[counted])
+                np.add.at(sample_kl, np.broadcast_to(index[:, None], targets.shape)[counted], kl)
+            shaped = shaped - rl_settings.kl_coef * sample_kl
         advantage = np.concatenate([advantages(shaped[g * G:(g + 1) * G], rl_settings.advantage, state["baseline"])
                                     for g in range(len(chosen))])
         if rl_settings.advantage == "moving_average":
@@ -233,25 +273,19 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
             per_token = per_token / np.maximum(lengths, 1)
         n_tokens = int(lengths.sum())
         kl_weight = rl_settings.kl_coef / n_tokens if rl_settings.kl_mode == "loss" else 0.0
-        entropy_weight = rl_settings.entropy_coef / n_tokens
 
-        loss = None
-        for logits, reference_logits, targets, index in outputs:
-            counted = targets != IGNORE
-            weights = np.where(counted, per_token[index][:, None], 0.0)
-            part = backend.weighted_nll(logits, targets, weights, sampling.temperature, sampling.top_k)
-            if kl_weight or entropy_weight:
-                part = part + backend.kl_entropy(logits, reference_logits, counted * kl_weight,
-                                                 counted * entropy_weight)
-            loss = part if loss is None else loss + part
+        loss_value, token_kl, token_entropy, _ = accumulate_policy_gradient(
+            backend, model, batches, reference_logits,
+            lambda index, counted: np.where(counted, per_token[index][:, None], 0.0),
+            sampling.temperature, sampling.top_k, kl_weight, rl_settings.entropy_coef / n_tokens)
 
         groups = rewards.reshape(len(chosen), G)
         figures = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
                    **{f"reward/{name}": float(np.mean(v)) for name, v in components.items()},
                    "zero_std_frac": float(np.mean(groups.std(axis=1) == 0)),
                    "kl": float(token_kl.mean()), "entropy": float(token_entropy.mean()),
-                   **text_figures(answers, finished)}
-        return loss, figures
+                   **text_figures(answers, finished), "policy_loss": loss_value}
+        return None, figures  # the gradients are accumulated already
 
     def evaluate():
         backend.set_training(model, False)

@@ -119,7 +119,9 @@ def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_
     """Run steps 1..settings.steps of a stage (continuing a saved partial stage when resuming).
 
     make_loss(rng) -> (loss, figures): the step's loss handle and any other figures of the step;
-    the loss's value is logged as loss_name. evaluate() -> figures, every eval_every steps and at the end.
+    the loss's value is logged as loss_name. A stage that accumulates gradients itself (in pieces,
+    with backend.backward) returns loss None and puts the value in figures[loss_name].
+    evaluate() -> figures, every eval_every steps and at the end.
     state: a dict of plain numbers the stage carries from step to step (saved and restored with it).
     Returns (figures of the last evaluation, wall time of the stage in seconds).
     """
@@ -147,8 +149,9 @@ def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_
             started = time.perf_counter()
             rng = np.random.default_rng([run.seed, STAGES.index(stage), step])
             backend.seed_dropout(model, int(rng.integers(2**62)))
-            loss, figures = make_loss(rng)
-            figures[loss_name] = backend.item(loss)
+            loss, figures = make_loss(rng)  # loss None: make_loss accumulated the gradients and logged the value
+            if loss is not None:
+                figures[loss_name] = backend.item(loss)
             if not math.isfinite(figures[loss_name]):
                 raise TrainingDiverged(f"{stage}: the loss became {figures[loss_name]} at step {step}; stopped "
                                        f"before updating, the last good checkpoint (step {saved_step}) is kept")
@@ -157,6 +160,7 @@ def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_
                 raise TrainingDiverged(f"{stage}: the gradient norm became {figures['grad_norm']} at step {step}; "
                                        f"the last good checkpoint (step {saved_step}) is kept")
             if step == 1 or step % settings.log_every == 0 or step == settings.steps:
+                figures["step_seconds"] = time.perf_counter() - started  # sampling, loss and update
                 run.metrics.log(stage, step, **figures)
             if evaluate is not None and (step % settings.eval_every == 0 or step == settings.steps):
                 last_eval = evaluate()

@@ -62,9 +62,14 @@ class TorchBackend(Backend):
             loss = loss + (kl * self._tensor(kl_weights).to(logits.dtype)).sum()
         return loss
 
-    def optimizer_step(self, model, optimizer, loss, max_grad_norm):
-        optimizer.zero_grad(set_to_none=True)
+    def backward(self, loss):
         loss.backward()
+        return float(loss.detach())
+
+    def optimizer_step(self, model, optimizer, loss, max_grad_norm):
+        if loss is not None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

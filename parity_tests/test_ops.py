@@ -267,10 +267,11 @@ def test_scaled_dot_product_attention(dtype, B, H, T, D, seed):
                   inputs, dtype, "scaled_dot_product_attention", seed)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "composed"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @SETTINGS
 @given(B=batch, H=heads, T=time, D=head_width, seed=seeds)
-def test_multi_head_attention_matches_torch_module(dtype, B, H, T, D, seed):
+def test_multi_head_attention_matches_torch_module(dtype, fused, B, H, T, D, seed):
     """Our packed-projection attention against torch.nn.MultiheadAttention with a causal mask."""
     rng = np.random.default_rng(seed)
     C = H * D
@@ -286,9 +287,30 @@ def test_multi_head_attention_matches_torch_module(dtype, B, H, T, D, seed):
         return attention(x, x, x, attn_mask=mask, need_weights=False, is_causal=True)[0]
 
     def np_fn(x, w_in, b_in, w_out, b_out):
-        return F.multi_head_attention(x, w_in, b_in, w_out, b_out, H, causal=True)
+        return F.multi_head_attention(x, w_in, b_in, w_out, b_out, H, causal=True, fused=fused)
 
     against_torch(np_fn, torch_fn, inputs, dtype, f"multi_head_attention H={H}", seed)
+
+
+@SETTINGS
+@given(B=batch, H=heads, T=time, D=head_width, seed=seeds, training=st.booleans())
+def test_fused_attention_equals_composed_ops(B, H, T, D, seed, training):
+    """attention_heads (one op, hand-written backward) against the chain of elementary ops, with
+    the same dropout masks in training: outputs and every input gradient agree in float64."""
+    rng = np.random.default_rng(seed)
+    C = H * D
+    arrays = {"x": normal(rng, B, T, C), "w_in": normal(rng, 3 * C, C), "b_in": normal(rng, 3 * C),
+              "w_out": normal(rng, C, C), "b_out": normal(rng, C)}
+    upstream = normal(rng, B, T, C)
+    results = {}
+    for fused in (True, False):
+        tensors = {name: Tensor(a.copy(), requires_grad=True) for name, a in arrays.items()}
+        out = F.multi_head_attention(*tensors.values(), H, causal=True, dropout_p=0.3, training=training,
+                                     rng=np.random.default_rng(seed + 1), fused=fused)
+        (out * Tensor(upstream)).sum().backward()
+        results[fused] = [out.data] + [t.grad for t in tensors.values()]
+    for fast, plain in zip(results[True], results[False]):
+        np.testing.assert_allclose(fast, plain, rtol=1e-12, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- finite differences (float64)
@@ -340,6 +362,7 @@ def test_attention_finite_differences(B, H, T, D, seed):
     C = H * D
     inputs = {"x": normal(rng, B, T, C), "w_in": normal(rng, 3 * C, C), "b_in": normal(rng, 3 * C),
               "w_out": normal(rng, C, C), "b_out": normal(rng, C)}
-    against_finite_differences(lambda x, w_in, b_in, w_out, b_out:
-                               F.multi_head_attention(x, w_in, b_in, w_out, b_out, H, causal=True),
-                               inputs, f"multi_head_attention H={H}", seed)
+    for fused in (True, False):
+        against_finite_differences(lambda x, w_in, b_in, w_out, b_out:
+                                   F.multi_head_attention(x, w_in, b_in, w_out, b_out, H, causal=True, fused=fused),
+                                   inputs, f"multi_head_attention H={H} fused={fused}", seed)

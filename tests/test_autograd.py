@@ -110,3 +110,31 @@ def test_load_state_dict_errors_name_the_problem():
     state["lm_head.weight"] = np.zeros((6, 8))
     with pytest.raises(ValueError, match="lm_head.weight has shape"):
         model.load_state_dict(state)
+
+
+def test_elementwise_in_pieces_gives_the_same_numbers():
+    """GELU runs in pieces on threads (functional.elementwise): bit-for-bit the whole-array result."""
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        a = (rng.standard_normal(3 * F._CHUNK + 17) * 3).astype(dtype).reshape(-1, 1)
+        grad = rng.standard_normal(a.shape).astype(dtype)
+        out, cdf = F._gelu_forward(a)
+        pieces_out, pieces_cdf = F.elementwise(F._gelu_forward, a)
+        assert pieces_out.dtype == dtype and pieces_out.shape == a.shape
+        np.testing.assert_array_equal(pieces_out, out)
+        np.testing.assert_array_equal(pieces_cdf, cdf)
+        np.testing.assert_array_equal(F.elementwise(F._gelu_backward, grad, a, cdf), F._gelu_backward(grad, a, cdf))
+
+
+def test_embedding_gradient_sums_repeated_ids():
+    """The sorted scatter-add equals a plain loop over positions, including ids used many times or never."""
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 7, (5, 9))
+    ids[0, :] = 3
+    weight = Tensor(rng.standard_normal((9, 4)), requires_grad=True)
+    upstream = rng.standard_normal((5, 9, 4))
+    (F.embedding(ids, weight) * Tensor(upstream)).sum().backward()
+    expected = np.zeros((9, 4))
+    for position, token in np.ndenumerate(ids):
+        expected[token] += upstream[position]
+    np.testing.assert_allclose(weight.grad, expected, rtol=1e-12, atol=1e-12)

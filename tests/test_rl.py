@@ -122,3 +122,39 @@ def test_diversity_figures_and_the_degenerate_answer():
     assert figures["unique_frac"] == 2 / 3 and np.isclose(figures["truncated_frac"], 1 / 3)
     degenerate = degenerate_answer()
     assert sum(original_reward(degenerate).values()) == 2.0 and distinct_n([degenerate], 2) < 0.3
+
+
+def test_gradient_accumulated_in_pieces_equals_one_pass():
+    """accumulate_policy_gradient over pieces of 2 windows gives the loss and every gradient of
+    the unpieced windows (the pieces' gradients add up), with KL and entropy terms on."""
+    from minigpt_np.backend import NumpyBackend
+    from minigpt_np.rl import accumulate_policy_gradient
+    from minigpt_np.sampling import generate
+    backend = NumpyBackend()
+    config = minigpt_np.GPTConfig(vocab_size=9, d_model=8, n_layers=1, n_heads=2, context_length=6, dtype="float64")
+    reference = minigpt_np.TinyGPT(config, seed=1)
+    reference.eval()
+    prompts = [np.array([1, 2, 3, 4]), np.array([5, 6])]
+    model = minigpt_np.TinyGPT(config, seed=0)
+    model.eval()
+    generated, lengths, _ = generate(lambda ids: backend.predict(model, ids), prompts, 3, 7, 6, 0.9, 5,
+                                     np.random.default_rng(0), stop_id=0)
+    sample_prompts = [prompts[0]] * 3 + [prompts[1]] * 3
+    per_sample = np.linspace(-1.0, 1.0, 6)
+    results = []
+    for max_rows in (None, 2):
+        batches = policy_windows(sample_prompts, generated, lengths, 6, max_rows)
+        reference_logits = [backend.predict(reference, ids) for ids, _, _ in batches]
+        loss, kl, entropy, sample = accumulate_policy_gradient(
+            backend, model, batches, reference_logits,
+            lambda index, counted: np.where(counted, per_sample[index][:, None], 0.0), 0.9, 5, 0.1, 0.02)
+        results.append((loss, np.sort(kl), np.sort(entropy), [p.grad.copy() for p in model.parameters()]))
+        for p in model.parameters():
+            p.grad = None
+        assert max_rows is None or all(len(ids) <= 2 for ids, _, _ in batches)
+    (loss_a, kl_a, entropy_a, grads_a), (loss_b, kl_b, entropy_b, grads_b) = results
+    assert abs(loss_a - loss_b) < 1e-12
+    np.testing.assert_allclose(kl_a, kl_b, atol=1e-12)
+    np.testing.assert_allclose(entropy_a, entropy_b, atol=1e-12)
+    for a, b in zip(grads_a, grads_b):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)

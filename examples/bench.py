@@ -1,0 +1,251 @@
+"""Speed and memory of both backends on the default TinyGPT: one table, optionally JSON.
+
+    python examples/bench.py                       # CPU: numpy float32/float64 and torch, RL steps
+    python examples/bench.py --json bench.json     # the same, also written as JSON
+    python examples/bench.py --device cuda         # adds the torch backend on the GPU
+    python examples/bench.py --pipeline numpy      # adds a whole seed-preset pipeline run (wall, memory)
+
+What is measured (default model: batch 32, context 64, d_model 128, 2 layers, 4 heads, dropout 0.1,
+the embedded vocabulary):
+
+* train_step_ms: one training step through the Backend interface, as the stages run it (forward,
+  weighted cross-entropy, backward, gradient clipping, AdamW), median over --steps steps after
+  --warmup steps; tokens/s = batch x context / step time.
+* matmul_peak_gflops: numpy float32 matrix products at the model's own shapes (the best of them).
+* step_gflop: the multiply-adds of one step (x2 flops), forward and backward (2x the forward);
+  the share of the peak is step_gflop / step time / peak.
+* rl_step_ms: one RL step with the default settings (prompts x samples rollout, log-probabilities,
+  KL to the reference, update), median over --rl-steps steps of an untrained model (its answers run
+  to the length limit: the slowest case).
+* peak_rss_mb: the peak resident memory of the process that measured each figure (each
+  measurement runs in its own process, so one backend's memory and threads never touch another's).
+
+Figures depend on the machine and its load: compare only runs made on the same machine.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+BATCH = 32
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
+
+
+def default_setup():
+    """The embedded corpus, its vocabulary and the default model configuration."""
+    from minigpt_np.config import GPTConfig
+    from minigpt_np.data import load_corpus, load_sft_pairs
+    from minigpt_np.pipeline import build_tokenizer, settings_for
+    corpus = load_corpus("embedded")
+    tokenizer = build_tokenizer(corpus, load_sft_pairs())
+    s = settings_for("seed")
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, d_model=s.d_model, n_layers=s.n_layers, n_heads=s.n_heads,
+                       context_length=s.context_length, dropout=s.dropout)
+    return corpus, tokenizer, config
+
+
+def step_gflop(config, batch):
+    """Floating-point operations of one training step, in GFLOP: 2 per multiply-add, backward = 2 x forward."""
+    N, C, T, V, L = batch * config.context_length, config.d_model, config.context_length, config.vocab_size, \
+        config.n_layers
+    per_layer = (2 * N * C * 3 * C  # packed q, k, v projection
+                 + 2 * 2 * batch * T * T * C  # scores q k^T and weights @ v, over all heads
+                 + 2 * N * C * C  # output projection
+                 + 2 * 2 * N * C * config.d_ff)  # the two feed-forward layers
+    forward = L * per_layer + 2 * N * C * V  # plus the output head
+    return 3 * forward / 1e9
+
+
+# ---------------------------------------------------------------------------- workers (one process each)
+def train_worker(backend_name, dtype, device, batch, steps, warmup):
+    import dataclasses
+    from minigpt_np.backend import get_backend
+    from minigpt_np.data import random_windows
+    corpus, tokenizer, config = default_setup()
+    config = dataclasses.replace(config, dtype=dtype)
+    backend = get_backend(backend_name, device)
+    model = backend.create_model(config, 0)
+    optimizer = backend.create_optimizer(model, 3e-4, 0.01)
+    backend.set_training(model, True)
+    rng = np.random.default_rng(0)
+    tokens = tokenizer.encode(corpus.train)
+    times = []
+    for step in range(warmup + steps):
+        inputs, targets = random_windows(tokens, batch, config.context_length, rng)
+        weights = np.full(targets.shape, 1.0 / targets.size)
+        started = time.perf_counter()
+        loss = backend.weighted_nll(backend.forward(model, inputs), targets, weights)
+        backend.optimizer_step(model, optimizer, loss, 1.0)  # returns the norm as a number: a sync point
+        if step >= warmup:
+            times.append(time.perf_counter() - started)
+    ms = 1000 * float(np.median(times))
+    return {"ms": ms, "tokens_per_s": batch * config.context_length / ms * 1000,
+            "step_gflop": step_gflop(config, batch), "peak_rss_mb": peak_rss_mb()}
+
+
+def matmul_worker(batch, repeats=20):
+    """numpy float32 products at the model's shapes: the machine's practical matmul peak."""
+    _, _, config = default_setup()
+    N, C, F = batch * config.context_length, config.d_model, config.d_ff
+    rng = np.random.default_rng(0)
+    best = {}
+    for m, k, n in [(N, C, F), (N, F, C), (N, C, 3 * C), (C, N, F)]:
+        a, b = rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
+        a @ b
+        seconds = min(_timed(lambda: a @ b) for _ in range(repeats))
+        best[f"{m}x{k}@{k}x{n}"] = 2 * m * k * n / seconds / 1e9
+    return {"gflops": max(best.values()), "by_shape": best, "peak_rss_mb": peak_rss_mb()}
+
+
+def _timed(fn):
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def rl_worker(backend_name, device, steps):
+    from minigpt_np.backend import get_backend
+    from minigpt_np.checkpoint import save_checkpoint
+    from minigpt_np.pipeline import rl_from_checkpoint, settings_for
+    _, tokenizer, config = default_setup()
+    with tempfile.TemporaryDirectory() as folder:
+        backend = get_backend(backend_name, device)
+        weights = backend.state_dict(backend.create_model(config, 0))
+        save_checkpoint(Path(folder) / "start", weights, config, tokenizer, stage="sft", step=0, complete=True)
+        settings = settings_for("seed", backend=backend_name, device=device, runs_dir=folder, name="rl",
+                                progress=False, rl_steps=steps + 1, rl_eval_every=10**9)
+        run, _ = rl_from_checkpoint(Path(folder) / "start", settings, notify=lambda message: None)
+        seconds = run.metrics.series("rl", "step_seconds")[1][1:]  # the first step warms up
+    return {"ms": 1000 * float(np.median(seconds)), "prompts": settings.rl_prompts_per_step,
+            "samples": settings.rl_samples, "max_new_tokens": settings.max_new_tokens, "peak_rss_mb": peak_rss_mb()}
+
+
+def pipeline_worker(backend_name, device, scale):
+    from minigpt_np.pipeline import run_pipeline, settings_for
+    base = settings_for("seed")
+    steps = {f"{stage}_steps": max(1, round(getattr(base, f"{stage}_steps") * scale)) for stage in ("pretrain", "sft", "rl")}
+    with tempfile.TemporaryDirectory() as folder:
+        settings = settings_for("seed", backend=backend_name, device=device, runs_dir=folder, progress=False, **steps)
+        started = time.perf_counter()
+        summaries, _ = run_pipeline(settings, notify=lambda message: None)
+        wall = time.perf_counter() - started
+    return {"wall_s": wall, "stage_s": {stage: meta.get("wall_time") for stage, meta in summaries.items()},
+            "steps": steps, "peak_rss_mb": peak_rss_mb()}
+
+
+WORKERS = {"train": train_worker, "matmul": matmul_worker, "rl": rl_worker, "pipeline": pipeline_worker}
+
+
+def run_worker(kind, **kwargs):
+    """One measurement in a fresh Python process; returns its JSON answer."""
+    command = [sys.executable, __file__, "--worker", kind, "--worker-args", json.dumps(kwargs)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench: the {kind} measurement {kwargs} failed:\n{done.stderr.strip()}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------- the table
+def machine():
+    import torch
+    cpu = platform.processor() or platform.machine()
+    return (f"{platform.system()} {cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+            f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per backend (default 30)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    parser.add_argument("--rl-steps", type=int, default=4, help="timed RL steps per backend (default 4)")
+    parser.add_argument("--no-rl", action="store_true", help="skip the RL step")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda to add the torch backend on the GPU")
+    parser.add_argument("--large-batch", type=int, default=512, help="the large batch of the GPU step (default 512)")
+    parser.add_argument("--pipeline", nargs="*", default=[], choices=("numpy", "torch"),
+                        help="also run the seed preset's whole pipeline on these backends (torch: on --device)")
+    parser.add_argument("--pipeline-scale", type=float, default=1.0,
+                        help="multiply the pipeline's step counts (default 1: the seed preset's own)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-args", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](**json.loads(args.worker_args))))
+        return
+    for name in ("steps", "rl_steps", "large_batch"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+
+    print(f"machine: {machine()}")
+    matmul = run_worker("matmul", batch=BATCH)
+    common = dict(device="cpu", batch=BATCH, steps=args.steps, warmup=args.warmup)
+    train = {"numpy_float32": run_worker("train", backend_name="numpy", dtype="float32", **common),
+             "numpy_float64": run_worker("train", backend_name="numpy", dtype="float64", **common),
+             "torch": run_worker("train", backend_name="torch", dtype="float32", **common)}
+    if args.device != "cpu":
+        for batch in (BATCH, args.large_batch):
+            train[f"torch_{args.device}_b{batch}"] = run_worker(
+                "train", backend_name="torch", dtype="float32", device=args.device, batch=batch, steps=args.steps,
+                warmup=args.warmup)
+    rl = {}
+    if not args.no_rl:
+        rl = {"numpy": run_worker("rl", backend_name="numpy", device="cpu", steps=args.rl_steps),
+              "torch": run_worker("rl", backend_name="torch", device="cpu", steps=args.rl_steps)}
+        if args.device != "cpu":
+            rl[f"torch_{args.device}"] = run_worker("rl", backend_name="torch", device=args.device, steps=args.rl_steps)
+    pipelines = {name: run_worker("pipeline", backend_name=name, device="cpu" if name == "numpy" else args.device,
+                                  scale=args.pipeline_scale) for name in args.pipeline}
+
+    peak = matmul["gflops"]
+    print(f"numpy float32 matmul peak at the model's shapes: {peak:.1f} GFLOP/s; "
+          f"one training step (batch {BATCH}): {train['torch']['step_gflop']:.2f} GFLOP")
+    print(f"\n{'training step':<22}{'ms':>9}{'tokens/s':>11}{'GFLOP/s':>9}{'of peak':>9}{'peak MB':>9}")
+    for name, figures in train.items():
+        gflops = figures["step_gflop"] / (figures["ms"] / 1000)
+        print(f"{name:<22}{figures['ms']:>9.1f}{figures['tokens_per_s']:>11.0f}{gflops:>9.1f}"
+              f"{gflops / peak:>9.0%}{figures['peak_rss_mb']:>9.0f}")
+    ratio = train["numpy_float32"]["ms"] / train["torch"]["ms"]
+    share = train["numpy_float32"]["step_gflop"] / (train["numpy_float32"]["ms"] / 1000) / peak
+    print(f"numpy float32 / torch step time: {ratio:.2f} (target <= 1.0); "
+          f"numpy float32 share of the matmul peak: {share:.0%} (target >= 33%)")
+    if rl:
+        first = next(iter(rl.values()))
+        print(f"\n{'RL step':<22}{'ms':>9}{'peak MB':>9}   ({first['prompts']} prompt x {first['samples']} samples, "
+              f"answers up to {first['max_new_tokens']} characters)")
+        for name, figures in rl.items():
+            print(f"{name:<22}{figures['ms']:>9.0f}{figures['peak_rss_mb']:>9.0f}")
+        print(f"numpy / torch RL step time: {rl['numpy']['ms'] / rl['torch']['ms']:.2f} (target <= 1.5)")
+    for name, figures in pipelines.items():
+        stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in figures["stage_s"].items())
+        print(f"\nseed pipeline, {name} ({figures['steps']}): {figures['wall_s']:.1f} s in all ({stages}); "
+              f"peak memory {figures['peak_rss_mb']:.0f} MB")
+
+    if args.json:
+        result = {"train_step_ms": {k: v["ms"] for k, v in train.items()},
+                  "rl_step_ms": {k: v["ms"] for k, v in rl.items()},
+                  "matmul_peak_gflops": peak, "step_gflop": train["torch"]["step_gflop"],
+                  "peak_rss_mb": {**{f"train_{k}": v["peak_rss_mb"] for k, v in train.items()},
+                                  **{f"rl_{k}": v["peak_rss_mb"] for k, v in rl.items()},
+                                  **{f"pipeline_{k}": v["peak_rss_mb"] for k, v in pipelines.items()}},
+                  "pipeline_wall_s": {k: v["wall_s"] for k, v in pipelines.items()},
+                  "device": args.device, "machine": machine(), "details": {"matmul": matmul, "train": train,
+                                                                          "rl": rl, "pipeline": pipelines}}
+        args.json.write_text(json.dumps(result, indent=1))
+        print(f"\nwritten: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -84,24 +84,30 @@ _ERF_TABLES = {dtype: _erf_taylor_table(degree).astype(dtype) for dtype, degree 
 def erf(x):
     """erf(x) to the precision of x's float type, fast: a Taylor polynomial around the nearest grid point.
 
-    For |x| <= 6: k = round(|x| / h), d = |x| - k h (so |d| <= h/2 = 1/128), and
+    For |x| <= 6: k = floor(|x| / h + 1/2), d = |x| - k h (so |d| <= h/2 = 1/128), and
     erf(|x|) = sum_n c[n, k] d^n, evaluated by Horner's rule, with the table c from
     ``_erf_taylor_table`` (itself computed with ``erf_reference``). Beyond 6, erf is 1.0 to float64
-    precision. erf is odd: the sign of x is copied onto erf(|x|). Non-float input is computed in float64.
+    precision, so |x| is clamped at 6. erf is odd: the sign of x is copied onto erf(|x|).
+    Non-float input is computed in float64. (Written with in-place operations: each line is one
+    pass over the array, without a new one.)
     """
     x = np.asarray(x)
     dtype = x.dtype if x.dtype in _ERF_TABLES else np.dtype(np.float64)
     table = _ERF_TABLES[dtype]
-    ax = np.abs(np.atleast_1d(x), dtype=dtype)
-    # fmin maps NaN to the last index (the NaN then flows through d), so the cast never sees NaN
-    k = np.fmin(np.rint(ax * (1.0 / _ERF_GRID_STEP)), table.shape[1] - 1).astype(np.intp)
-    d = ax - k.astype(dtype) * _ERF_GRID_STEP
-    result = table[-1][k]
+    flat = np.atleast_1d(x).reshape(-1)
+    ax = np.abs(flat).astype(dtype, copy=False)
+    grid = np.fmin(ax, _ERF_GRID_END)  # fmin turns NaN into 6, so the cast below never sees NaN
+    grid *= 1.0 / _ERF_GRID_STEP
+    grid += 0.5
+    k = grid.astype(np.intp)  # the nearest grid point
+    d = np.minimum(ax, _ERF_GRID_END, out=grid)  # |x| clamped at 6; NaN stays NaN and flows into the result
+    d -= k.astype(dtype) * dtype.type(_ERF_GRID_STEP)  # k h is exact
+    result = table[-1].take(k)
+    coefficient = np.empty_like(result)
     for n in range(table.shape[0] - 2, -1, -1):
         result *= d
-        result += table[n][k]
-    result[ax > _ERF_GRID_END] = 1.0
-    return np.copysign(result, x).reshape(x.shape)
+        result += table[n].take(k, out=coefficient, mode="clip")
+    return np.copysign(result, flat, out=result).reshape(x.shape)
 
 
 _CHUNK = 1 << 15  # elements per piece: a few of them fit in a core's cache

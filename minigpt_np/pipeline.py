@@ -73,7 +73,7 @@ class PipelineSettings:
     sft_lr: float = _setting(1e-4, "SFT learning rate")
     sft_eval_every: int = _setting(50, "SFT steps between validations")
     rl_steps: int = _setting(150, "RL steps")
-    rl_lr: float = _setting(5e-5, "RL learning rate")
+    rl_lr: float = _setting(1e-4, "RL learning rate")
     rl_eval_every: int = _setting(25, "RL steps between held-out reward checks")
     eval_windows: int = _setting(128, "validation/test windows of context_length characters")
     checkpoint_every: int = _setting(0, "steps between checkpoints within a stage (0: end of stage and Ctrl-C)")
@@ -81,19 +81,19 @@ class PipelineSettings:
     temperature: float = _setting(0.6, "sampling temperature (RL samples and report samples)")
     top_k: int = _setting(10, "sample from the k most likely characters")
     max_new_tokens: int = _setting(80, "longest sampled answer in characters")
-    rl_samples: int = _setting(8, "samples per prompt per RL step (1 with --rl-advantage none: the original)")
+    rl_samples: int = _setting(16, "samples per prompt per RL step (1 with --rl-advantage none: the original)")
     rl_prompts_per_step: int = _setting(1, "prompts per RL step")
-    rl_advantage: str = _setting("group_mean", "REINFORCE baseline: none (the original), moving_average, group_mean, "
+    rl_advantage: str = _setting("rloo", "REINFORCE baseline: none (the original), moving_average, group_mean, "
                                  "rloo (leave-one-out) or group_zscore", ADVANTAGES)
     rl_baseline_decay: float = _setting(0.9, "moving_average: weight of the old baseline in each update")
-    rl_kl_coef: float = _setting(0.0, "beta: weight of the exact KL to the frozen SFT policy")
+    rl_kl_coef: float = _setting(0.05, "beta: weight of the exact KL to the frozen SFT policy")
     rl_kl_mode: str = _setting("loss", "KL as a loss term (loss) or as a detached reward penalty (reward)",
                                ("loss", "reward"))
     rl_entropy_coef: float = _setting(0.0, "weight of the entropy bonus")
     rl_aggregation: str = _setting("sequence_sum", "log-probabilities of an answer: summed (sequence_sum, "
                                    "longer answers weigh more) or averaged (sequence_mean)",
                                    ("sequence_sum", "sequence_mean"))
-    rl_missing_stop_penalty: float = _setting(0.0, "subtracted from the reward of an answer that runs to "
+    rl_missing_stop_penalty: float = _setting(1.0, "subtracted from the reward of an answer that runs to "
                                               "--max-new-tokens without its end (a training signal only: the "
                                               "logged reward is the reward function's)")
     rl_windows_per_pass: int = _setting(128, "RL update: sampled windows per forward/backward piece (less: "
@@ -105,7 +105,7 @@ PRESETS = {
     "seed": {},  # the defaults above are the original settings
     "quick": dict(data="embedded", d_model=64, context_length=128, batch_size=16, pretrain_steps=600,
                   pretrain_lr=4e-3, pretrain_eval_every=150, sft_steps=120, sft_lr=1e-3, sft_eval_every=40,
-                  rl_steps=30, rl_lr=1e-4, rl_eval_every=15, max_new_tokens=56, eval_windows=48),
+                  rl_steps=30, rl_lr=1e-4, rl_samples=8, rl_eval_every=15, max_new_tokens=56, eval_windows=48),
 }
 
 

@@ -153,7 +153,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     cases.append((["--backend", "numpy", "--data", "wikitext", "--train-file", str(short), "--validation-file",
                    str(short)], "fewer than one context window"))
     cases.append((["--backend", "numpy", "--reward", "nowhere:nothing"], "cannot load reward"))
-    cases.append((["--backend", "numpy", "--rl-samples", "1"], "group_mean advantage needs at least 2 samples"))
+    cases.append((["--backend", "numpy", "--rl-samples", "1"], "rloo advantage needs at least 2 samples"))
     for extra, expected in cases:
         code, message = cli_error(capsys, *base, *extra)
         assert code == 2 and message.startswith("error: ") and expected in message, (extra, message)

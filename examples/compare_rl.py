@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from minigpt_np.checkpoint import CheckpointError
-from minigpt_np.pipeline import rl_from_checkpoint, settings_for
+from minigpt_np.pipeline import RL_INSTRUCTION, rl_from_checkpoint, settings_for
 from minigpt_np.rl import ADVANTAGES
+from minigpt_np.stages import sample_answers
 
 
 def run_settings(checkpoint, args, advantage, kl_coef, seed, name):
@@ -63,20 +64,27 @@ def main(argv=None):
                     print(f"error: {error}", file=sys.stderr)
                     return 2
                 series = {k: run.metrics.series("rl", k)[1]
-                          for k in ("reward_mean", "kl", "distinct_2", "unique_frac")}
-                runs.append({"series": series, "wall_time": wall_time})
+                          for k in ("reward_mean", "kl", "distinct_2", "unique_frac", "heldout_reward_mean")}
+                run.backend.set_training(run.model, False)
+                answers = [text for text, _ in sample_answers(run, RL_INSTRUCTION, 64, np.random.default_rng(seed))]
+                runs.append({"series": series, "wall_time": wall_time, "unique_of_64": len(set(answers))})
                 print(f"{method:<28} seed {seed}: final reward {np.mean(series['reward_mean'][-args.last:]):.3f} "
-                      f"({wall_time:.1f} s)", flush=True)
+                      f"({wall_time:.1f} s); {len(set(answers))} of 64 samples unique, e.g. {answers[0]!r}",
+                      flush=True)
             results[method] = runs
 
-    rows = ["| method | final reward (mean ± std over seeds) | KL to SFT | distinct-2 | unique | wall time (s) |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| method | final reward (mean ± std over seeds) | KL to SFT | distinct-2 | unique | unique of 64 "
+            "after | held-out reward before → after | wall time (s) |",
+            "|---|---|---|---|---|---|---|---|"]
     for method, runs in results.items():
         def final(name):
             return [np.mean(r["series"][name][-args.last:]) for r in runs]
         rewards = final("reward_mean")
         rows.append(f"| {method} | {np.mean(rewards):.3f} ± {np.std(rewards):.3f} | {np.mean(final('kl')):.4f} | "
                     f"{np.mean(final('distinct_2')):.3f} | {np.mean(final('unique_frac')):.3f} | "
+                    f"{np.mean([r['unique_of_64'] for r in runs]):.1f} | "
+                    f"{np.mean([r['series']['heldout_reward_mean'][0] for r in runs]):.3f} → "
+                    f"{np.mean([r['series']['heldout_reward_mean'][-1] for r in runs]):.3f} | "
                     f"{np.mean([r['wall_time'] for r in runs]):.1f} |")
     completions = args.steps * args.samples
     header = [f"# RL methods compared from `{args.checkpoint}`", "",

@@ -267,8 +267,13 @@ def rl_from_checkpoint(checkpoint_folder, settings, notify=print):
     held_out_prompts = [instruction for instruction, _ in split_pairs(pairs)[1]]
     run = _new_run(settings, backend, checkpoint.config, checkpoint.tokenizer, notify)
     backend.load_state_dict(run.model, checkpoint.weights)
+    backend.set_training(run.model, False)
+    reward_fn = load_reward(settings.reward)
+    # the held-out reward before RL, as step 0 (the same samples the stage's evaluations draw)
+    run.metrics.log("rl", 0, **reward_figures(run, held_out_prompts, reward_fn, 4,
+                                              np.random.default_rng([run.seed, 3_000_003]), prefix="heldout_reward"))
     _, wall_time = reinforce(run, _stage_settings(settings, "rl"), rl_settings(settings), [RL_INSTRUCTION],
-                             load_reward(settings.reward), held_out_prompts, checkpoint.weights)
+                             reward_fn, held_out_prompts, checkpoint.weights)
     return run, wall_time
 
 

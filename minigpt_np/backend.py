@@ -110,7 +110,8 @@ def keep_freed_memory():
     default glibc hands blocks above a size threshold back to the operating system at once, so the
     next step's arrays arrive as new pages, each one faulted in and zeroed: a large share of a step.
     Raising the thresholds keeps those blocks in the process. The numbers do not change; the peak
-    memory does not either (the blocks are reused, not added).
+    memory does not either (the blocks are reused, not added). Both backends call it (torch's CPU
+    tensors come from the same allocator, and a speed comparison should give both the same one).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -5,8 +5,6 @@ backward returns dL/d input for each input. Shapes: B batch, T time (sequence), 
 (d_model), H heads, D = C / H head width, V vocabulary.
 """
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -110,39 +108,35 @@ def erf(x):
     return np.copysign(result, flat, out=result).reshape(x.shape)
 
 
-_CHUNK = 1 << 15  # elements per piece: a few of them fit in a core's cache
-_POOL = None
+_CHUNK = 1 << 16  # numbers per piece: a piece and its temporaries fit in a core's cache
 
 
-def elementwise(fn, *arrays):
-    """fn(*arrays) for a function that works element by element, computed piece by piece.
+def in_pieces(fn, *arrays):
+    """fn(*arrays), computed on pieces of rows, for a function that treats each row on its own.
 
-    The flat arrays are cut into pieces of _CHUNK elements, handed to one thread per CPU (numpy
-    releases the interpreter lock inside its loops, so the pieces run in parallel), and each piece
-    stays in cache through all of fn's passes. The numbers are exactly those of fn(*arrays).
-    Returns a tuple when fn returns one.
+    A row is the last axis (single elements, for an element-wise function); all arrays share the
+    leading axes. A function made of many numpy passes (GELU: a dozen) reads and writes its whole
+    array once per pass; on pieces of about _CHUNK numbers every pass after the first finds its
+    data in cache. The numbers are exactly those of fn(*arrays): every row goes through the same
+    operations either way. Returns a tuple when fn returns one. (Pieces on several threads were
+    tried: on 2 cores they were no faster, since the BLAS threads still hold the cores.)
     """
-    global _POOL
-    size = arrays[0].size
-    if size <= 2 * _CHUNK:
+    lead = arrays[0].shape[:-1]
+    rows = math.prod(lead)
+    step = max(1, _CHUNK // max(1, arrays[0].shape[-1]))
+    if rows <= 2 * step:
         return fn(*arrays)
-    flats = [a.reshape(-1) for a in arrays]
-    first = fn(*(f[:_CHUNK] for f in flats))
-    single = not isinstance(first, tuple)
-    firsts = (first,) if single else first
-    outs = [np.empty(size, dtype=f.dtype) for f in firsts]
-    for out, f in zip(outs, firsts):
-        out[:_CHUNK] = f
-
-    def piece(start):
-        results = fn(*(f[start:start + _CHUNK] for f in flats))
-        for out, result in zip(outs, (results,) if single else results):
-            out[start:start + _CHUNK] = result
-
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-    list(_POOL.map(piece, range(_CHUNK, size, _CHUNK)))
-    shaped = tuple(out.reshape(arrays[0].shape) for out in outs)
+    views = [a.reshape(rows, a.shape[-1]) for a in arrays]
+    outs = None
+    for start in range(0, rows, step):
+        results = fn(*(v[start:start + step] for v in views))
+        single = not isinstance(results, tuple)
+        results = (results,) if single else results
+        if outs is None:
+            outs = [np.empty((rows,) + r.shape[1:], dtype=r.dtype) for r in results]
+        for out, result in zip(outs, results):
+            out[start:start + step] = result
+    shaped = tuple(out.reshape(lead + out.shape[1:]) for out in outs)
     return shaped[0] if single else shaped
 
 
@@ -160,11 +154,11 @@ def gelu(x):
     """Exact GELU: out = x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2, the normal CDF.
 
     Backward: d out / d x = Phi(x) + x * phi(x), with the normal density phi(x) = exp(-x^2/2)/sqrt(2 pi).
-    (``_gelu_forward`` and ``_gelu_backward`` hold the formulas; ``elementwise`` runs them in pieces.)
+    (``_gelu_forward`` and ``_gelu_backward`` hold the formulas; ``in_pieces`` runs them in pieces.)
     """
     a = x.data
-    out, cdf = elementwise(_gelu_forward, a)
-    return Tensor.from_op(out, (x,), lambda grad: (elementwise(_gelu_backward, grad, a, cdf),))
+    out, cdf = in_pieces(_gelu_forward, a)
+    return Tensor.from_op(out, (x,), lambda grad: (in_pieces(_gelu_backward, grad, a, cdf),))
 
 
 # ---------------------------------------------------------------------------- softmax family
@@ -175,6 +169,11 @@ def softmax_array(a, axis=-1):
     e = np.exp(a - row_max)
     total = np.sum(e, axis=axis, keepdims=True)
     return e / np.where(total > 0, total, 1.0)
+
+
+def _softmax_backward(grad, out):
+    """d x = out * (g - sum(g * out)) over the last axis (see ``softmax``)."""
+    return out * (grad - np.sum(grad * out, axis=-1, keepdims=True))
 
 
 def softmax(x, axis=-1):
@@ -273,20 +272,24 @@ def layer_norm(x, weight, bias, eps=1e-5):
     d x = r * (gh - mean(gh) - xhat * mean(gh * xhat))
     (the two means remove the parts of the gradient that shifting or scaling the row cannot change).
     """
-    a = x.data
-    mean = a.mean(axis=-1, keepdims=True)
-    centred = a - mean
-    rstd = 1.0 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + eps)
-    xhat = centred * rstd
-    out = xhat * weight.data + bias.data
+    a, w, b = x.data, weight.data, bias.data
+
+    def forward_rows(a):
+        mean = a.mean(axis=-1, keepdims=True)
+        centred = a - mean
+        rstd = 1.0 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + eps)
+        xhat = centred * rstd
+        return xhat * w + b, xhat, rstd
+
+    def backward_rows(grad, xhat, rstd):
+        grad_xhat = grad * w
+        return rstd * (grad_xhat - grad_xhat.mean(axis=-1, keepdims=True)
+                       - xhat * (grad_xhat * xhat).mean(axis=-1, keepdims=True))
+
+    out, xhat, rstd = forward_rows(a)
 
     def backward(grad):
-        grad_xhat = grad * weight.data
-        grad_x = rstd * (
-            grad_xhat
-            - grad_xhat.mean(axis=-1, keepdims=True)
-            - xhat * (grad_xhat * xhat).mean(axis=-1, keepdims=True)
-        )
+        grad_x = backward_rows(grad, xhat, rstd)
         rows = (-1, a.shape[-1])
         grad_w = (grad * xhat).reshape(rows).sum(axis=0)
         grad_b = grad.reshape(rows).sum(axis=0)
@@ -364,7 +367,7 @@ def attention_heads(qkv, n_heads, causal=True, dropout_p=0.0, training=False, rn
     q, k, v = qkv.data.reshape(B, T, 3, n_heads, D).transpose(2, 0, 3, 1, 4)  # each (B, H, T, D)
     scores = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, H, T, T)
     if causal:
-        scores[..., causal_mask(T)] = -np.inf
+        scores += np.where(causal_mask(T), -np.inf, 0.0).astype(scores.dtype)  # -inf above the diagonal
     weights = softmax_array(scores)
     mask = dropout_mask(weights.shape, dropout_p, rng, weights.dtype) if training and dropout_p > 0 else None
     dropped = weights if mask is None else weights * mask
@@ -378,7 +381,7 @@ def attention_heads(qkv, n_heads, causal=True, dropout_p=0.0, training=False, rn
         grad_weights = grad_heads @ v.transpose(0, 1, 3, 2)  # (B, H, T, T)
         if mask is not None:
             grad_weights *= mask
-        grad_scores = weights * (grad_weights - np.sum(grad_weights * weights, axis=-1, keepdims=True))
+        grad_scores = _softmax_backward(grad_weights, weights)  # dS
         grad_scores *= scale
         grad_qkv = np.empty((B, T, 3, n_heads, D), dtype=grad.dtype)  # packed as qkv
         grad_q, grad_k, grad_v_slot = grad_qkv.transpose(2, 0, 3, 1, 4)  # (B, H, T, D) views into it

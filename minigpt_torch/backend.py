@@ -3,7 +3,7 @@ import numpy as np
 import torch
 import torch.nn.functional as TF
 
-from minigpt_np.backend import IGNORE, Backend
+from minigpt_np.backend import IGNORE, Backend, keep_freed_memory
 from minigpt_np.model import TinyGPT as NumpyTinyGPT
 
 from .model import TinyGPT, load_numpy_state_dict, numpy_state_dict
@@ -17,6 +17,7 @@ class TorchBackend(Backend):
             raise ValueError(f"unknown device {device!r}; choose cpu or cuda")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {device} was asked for, but PyTorch sees no CUDA GPU on this machine")
+        keep_freed_memory()  # as for numpy: torch's CPU tensors come from the same C allocator
         self.device = device
 
     def create_model(self, config, seed):

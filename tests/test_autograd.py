@@ -112,18 +112,24 @@ def test_load_state_dict_errors_name_the_problem():
         model.load_state_dict(state)
 
 
-def test_elementwise_in_pieces_gives_the_same_numbers():
-    """GELU runs in pieces on threads (functional.elementwise): bit-for-bit the whole-array result."""
+def test_work_in_pieces_gives_the_same_numbers():
+    """GELU runs in pieces of rows (functional.in_pieces): bit-for-bit the whole-array results,
+    forward and backward, for element-wise and row-wise functions."""
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
         a = (rng.standard_normal(3 * F._CHUNK + 17) * 3).astype(dtype).reshape(-1, 1)
         grad = rng.standard_normal(a.shape).astype(dtype)
         out, cdf = F._gelu_forward(a)
-        pieces_out, pieces_cdf = F.elementwise(F._gelu_forward, a)
+        pieces_out, pieces_cdf = F.in_pieces(F._gelu_forward, a)
         assert pieces_out.dtype == dtype and pieces_out.shape == a.shape
         np.testing.assert_array_equal(pieces_out, out)
         np.testing.assert_array_equal(pieces_cdf, cdf)
-        np.testing.assert_array_equal(F.elementwise(F._gelu_backward, grad, a, cdf), F._gelu_backward(grad, a, cdf))
+        np.testing.assert_array_equal(F.in_pieces(F._gelu_backward, grad, a, cdf), F._gelu_backward(grad, a, cdf))
+        scores = rng.standard_normal((20, 3, 70, 70)).astype(dtype) * 4  # 4200 rows of 70 numbers: 5 pieces
+        weights = F.softmax_array(scores)
+        np.testing.assert_array_equal(F.in_pieces(F.softmax_array, scores), weights)
+        np.testing.assert_array_equal(F.in_pieces(F._softmax_backward, scores, weights),
+                                      F._softmax_backward(scores, weights))
 
 
 def test_embedding_gradient_sums_repeated_ids():

@@ -5,7 +5,8 @@
 
 Every method samples the same number of completions (steps x prompts x samples per prompt), over
 several seeds. Writes <out>/comparison.md (final reward mean +- std over seeds, KL to SFT, distinct-2,
-unique fraction, wall time) and <out>/comparison.png (reward curves, mean over seeds). A new
+unique fraction, held-out reward before and after, wall time; with --unique-of N also how many of N
+fresh samples are distinct) and <out>/comparison.png (reward curves, mean over seeds). A new
 comparison in the same --out folder replaces the runs of the old one.
 """
 import argparse
@@ -45,11 +46,13 @@ def main(argv=None):
     parser.add_argument("--kl-coefs", type=float, nargs="+", default=[0.0, 0.05], help="betas (default 0 0.05)")
     parser.add_argument("--advantages", nargs="+", default=list(ADVANTAGES), choices=ADVANTAGES)
     parser.add_argument("--last", type=int, default=5, help="final figures: mean of the last N steps (default 5)")
+    parser.add_argument("--unique-of", type=int, default=0,
+                        help="after each run, sample this many answers and count the distinct ones (default 0: off)")
     parser.add_argument("--out", type=Path, default=Path("runs/compare-rl"), help="output folder")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    results = {}
+    results, before = {}, {}
     for advantage in args.advantages:
         for kl_coef in args.kl_coefs:
             method = f"{advantage}, beta={kl_coef:g}"
@@ -58,32 +61,42 @@ def main(argv=None):
                 name = f"{advantage}-beta{kl_coef:g}-seed{seed}"
                 shutil.rmtree(args.out / name, ignore_errors=True)
                 try:
+                    first = seed not in before  # the held-out reward before RL is the same for every method
                     run, wall_time = rl_from_checkpoint(args.checkpoint, run_settings(
-                        args.checkpoint, args, advantage, kl_coef, seed, name), notify=lambda message: None)
+                        args.checkpoint, args, advantage, kl_coef, seed, name), notify=lambda message: None,
+                        evaluate_before=first)
                 except (CheckpointError, ValueError, OSError) as error:
                     print(f"error: {error}", file=sys.stderr)
                     return 2
                 series = {k: run.metrics.series("rl", k)[1]
                           for k in ("reward_mean", "kl", "distinct_2", "unique_frac", "heldout_reward_mean")}
-                run.backend.set_training(run.model, False)
-                answers = [text for text, _ in sample_answers(run, RL_INSTRUCTION, 64, np.random.default_rng(seed))]
-                runs.append({"series": series, "wall_time": wall_time, "unique_of_64": len(set(answers))})
-                print(f"{method:<28} seed {seed}: final reward {np.mean(series['reward_mean'][-args.last:]):.3f} "
-                      f"({wall_time:.1f} s); {len(set(answers))} of 64 samples unique, e.g. {answers[0]!r}",
-                      flush=True)
+                if first:
+                    before[seed] = series["heldout_reward_mean"][0]
+                result = {"series": series, "wall_time": wall_time, "heldout_before": before[seed]}
+                line = (f"{method:<28} seed {seed}: final reward {np.mean(series['reward_mean'][-args.last:]):.3f} "
+                        f"({wall_time:.1f} s)")
+                if args.unique_of:
+                    run.backend.set_training(run.model, False)
+                    answers = [text for text, _ in
+                               sample_answers(run, RL_INSTRUCTION, args.unique_of, np.random.default_rng(seed))]
+                    result["unique_of"] = len(set(answers))
+                    line += f"; {len(set(answers))} of {args.unique_of} samples unique, e.g. {answers[0]!r}"
+                runs.append(result)
+                print(line, flush=True)
             results[method] = runs
 
-    rows = ["| method | final reward (mean ± std over seeds) | KL to SFT | distinct-2 | unique | unique of 64 "
-            "after | held-out reward before → after | wall time (s) |",
-            "|---|---|---|---|---|---|---|---|"]
+    unique_header = f" unique of {args.unique_of} after |" if args.unique_of else ""
+    rows = ["| method | final reward (mean ± std over seeds) | KL to SFT | distinct-2 | unique |" + unique_header
+            + " held-out reward before → after | wall time (s) |",
+            "|---|---|---|---|---|" + ("---|" if args.unique_of else "") + "---|---|"]
     for method, runs in results.items():
         def final(name):
             return [np.mean(r["series"][name][-args.last:]) for r in runs]
         rewards = final("reward_mean")
         rows.append(f"| {method} | {np.mean(rewards):.3f} ± {np.std(rewards):.3f} | {np.mean(final('kl')):.4f} | "
                     f"{np.mean(final('distinct_2')):.3f} | {np.mean(final('unique_frac')):.3f} | "
-                    f"{np.mean([r['unique_of_64'] for r in runs]):.1f} | "
-                    f"{np.mean([r['series']['heldout_reward_mean'][0] for r in runs]):.3f} → "
+                    + (f"{np.mean([r['unique_of'] for r in runs]):.1f} | " if args.unique_of else "")
+                    + f"{np.mean([r['heldout_before'] for r in runs]):.3f} → "
                     f"{np.mean([r['series']['heldout_reward_mean'][-1] for r in runs]):.3f} | "
                     f"{np.mean([r['wall_time'] for r in runs]):.1f} |")
     completions = args.steps * args.samples

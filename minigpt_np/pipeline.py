@@ -255,11 +255,12 @@ def _stage_settings(settings, stage):
                          max_grad_norm=settings.grad_clip, log_every=1 if stage == "rl" else 10)
 
 
-def rl_from_checkpoint(checkpoint_folder, settings, notify=print):
+def rl_from_checkpoint(checkpoint_folder, settings, notify=print, evaluate_before=False):
     """The RL stage alone, starting from a saved (SFT) checkpoint, in the run folder of settings.
 
     The model's shape and vocabulary come from the checkpoint; RL, sampling and seed settings from
-    settings. Returns (run, wall time in seconds); the figures are in run.metrics.
+    settings. evaluate_before: also log the held-out reward before RL, as step 0. Returns (run, wall
+    time in seconds); the figures are in run.metrics.
     """
     checkpoint = load_checkpoint(checkpoint_folder)
     backend = get_backend(settings.backend, settings.device)
@@ -269,9 +270,9 @@ def rl_from_checkpoint(checkpoint_folder, settings, notify=print):
     backend.load_state_dict(run.model, checkpoint.weights)
     backend.set_training(run.model, False)
     reward_fn = load_reward(settings.reward)
-    # the held-out reward before RL, as step 0 (the same samples the stage's evaluations draw)
-    run.metrics.log("rl", 0, **reward_figures(run, held_out_prompts, reward_fn, 4,
-                                              np.random.default_rng([run.seed, 3_000_003]), prefix="heldout_reward"))
+    if evaluate_before:  # the held-out reward before RL, as step 0 (drawn as the stage's evaluations draw)
+        run.metrics.log("rl", 0, **reward_figures(run, held_out_prompts, reward_fn, 4, np.random.default_rng(
+            [run.seed, 3_000_003]), prefix="heldout_reward"))
     _, wall_time = reinforce(run, _stage_settings(settings, "rl"), rl_settings(settings), [RL_INSTRUCTION],
                              reward_fn, held_out_prompts, checkpoint.weights)
     return run, wall_time

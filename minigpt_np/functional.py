@@ -51,21 +51,22 @@ def erf_reference(x):
     return np.sign(x) * result
 
 
-_ERF_GRID_STEP = 1.0 / 64  # table points x_k = k / 64 on [0, 6]; erf(x) rounds to 1.0 beyond 6
-_ERF_GRID_END = 6.0
-# Taylor degree per float type: the remainder (h/2)^(n+1) / (n+1)! * max|erf^(n+1)| with h/2 = 1/128
-# is below 1e-18 for degree 7 (float64) and below 1e-9 for degree 3 (float32).
-_ERF_TAYLOR_DEGREE = {np.dtype(np.float64): 7, np.dtype(np.float32): 3}
+_ERF_GRID_END = 6.0  # erf(x) rounds to 1.0 beyond 6
+# Per float type: the Taylor degree n and the grid step h of the table. The remainder is at most
+# (h/2)^(n+1) / (n+1)! * max|erf^(n+1)|: below 1e-18 for float64 (degree 7, h = 1/64) and 3e-8 for
+# float32 (degree 1, h = 1/2048: a straight line between close points, two table reads a number).
+_ERF_TAYLOR = {np.dtype(np.float64): (7, 1.0 / 64), np.dtype(np.float32): (1, 1.0 / 2048)}
 
 
-def _erf_taylor_table(degree):
-    """Taylor coefficients erf^(n)(x_k) / n! at every grid point, shape (degree + 1, points).
+def _erf_taylor_table(degree, step):
+    """Taylor coefficients erf^(n)(x_k) / n! at the grid points x_k = k * step on [0, 6],
+    shape (degree + 1, points).
 
     The derivatives of erf are Hermite polynomials times a Gaussian:
     erf^(n)(x) = 2/sqrt(pi) * (-1)^(n-1) * H_{n-1}(x) * exp(-x^2) for n >= 1,
     with H_0 = 1, H_1 = 2x, H_{m+1} = 2x H_m - 2m H_{m-1}.
     """
-    grid = np.arange(0.0, _ERF_GRID_END + _ERF_GRID_STEP / 2, _ERF_GRID_STEP)
+    grid = np.arange(0.0, _ERF_GRID_END + step / 2, step)
     table = np.empty((degree + 1, len(grid)))
     table[0] = erf_reference(grid)
     gaussian = (2.0 / math.sqrt(math.pi)) * np.exp(-grid * grid)
@@ -76,13 +77,13 @@ def _erf_taylor_table(degree):
     return table
 
 
-_ERF_TABLES = {dtype: _erf_taylor_table(degree).astype(dtype) for dtype, degree in _ERF_TAYLOR_DEGREE.items()}
+_ERF_TABLES = {dtype: _erf_taylor_table(degree, step).astype(dtype) for dtype, (degree, step) in _ERF_TAYLOR.items()}
 
 
 def erf(x):
     """erf(x) to the precision of x's float type, fast: a Taylor polynomial around the nearest grid point.
 
-    For |x| <= 6: k = floor(|x| / h + 1/2), d = |x| - k h (so |d| <= h/2 = 1/128), and
+    For |x| <= 6: k = floor(|x| / h + 1/2), d = |x| - k h (so |d| <= h/2), and
     erf(|x|) = sum_n c[n, k] d^n, evaluated by Horner's rule, with the table c from
     ``_erf_taylor_table`` (itself computed with ``erf_reference``). Beyond 6, erf is 1.0 to float64
     precision, so |x| is clamped at 6. erf is odd: the sign of x is copied onto erf(|x|).
@@ -91,15 +92,15 @@ def erf(x):
     """
     x = np.asarray(x)
     dtype = x.dtype if x.dtype in _ERF_TABLES else np.dtype(np.float64)
-    table = _ERF_TABLES[dtype]
+    table, step = _ERF_TABLES[dtype], _ERF_TAYLOR[dtype][1]
     flat = np.atleast_1d(x).reshape(-1)
     ax = np.abs(flat).astype(dtype, copy=False)
     grid = np.fmin(ax, _ERF_GRID_END)  # fmin turns NaN into 6, so the cast below never sees NaN
-    grid *= 1.0 / _ERF_GRID_STEP
+    grid *= 1.0 / step
     grid += 0.5
     k = grid.astype(np.intp)  # the nearest grid point
     d = np.minimum(ax, _ERF_GRID_END, out=grid)  # |x| clamped at 6; NaN stays NaN and flows into the result
-    d -= k.astype(dtype) * dtype.type(_ERF_GRID_STEP)  # k h is exact
+    d -= k.astype(dtype) * dtype.type(step)  # k h is exact
     result = table[-1].take(k)
     coefficient = np.empty_like(result)
     for n in range(table.shape[0] - 2, -1, -1):

@@ -142,13 +142,21 @@ def in_pieces(fn, *arrays):
 
 
 def _gelu_forward(a):
-    cdf = 0.5 * (1.0 + erf(a * (1.0 / math.sqrt(2.0))))
+    cdf = erf(a * (1.0 / math.sqrt(2.0)))
+    cdf += 1.0
+    cdf *= 0.5  # Phi(a) = (1 + erf(a / sqrt 2)) / 2, in place
     return a * cdf, cdf
 
 
 def _gelu_backward(grad, a, cdf):
-    density = np.exp(-0.5 * a * a) * (1.0 / math.sqrt(2.0 * math.pi))
-    return grad * (cdf + a * density)
+    density = a * a
+    density *= -0.5
+    np.exp(density, out=density)
+    density *= 1.0 / math.sqrt(2.0 * math.pi)  # phi(a) = exp(-a^2 / 2) / sqrt(2 pi), in place
+    density *= a
+    density += cdf
+    density *= grad  # g * (Phi(a) + a phi(a))
+    return density
 
 
 def gelu(x):

@@ -175,9 +175,11 @@ def softmax_array(a, axis=-1):
     """Numerically stable softmax of a numpy array; a row that is all -inf gives zeros, not NaN."""
     row_max = np.max(a, axis=axis, keepdims=True)
     row_max = np.where(np.isfinite(row_max), row_max, 0.0)  # a fully masked row has max -inf
-    e = np.exp(a - row_max)
+    e = a - row_max
+    np.exp(e, out=e)
     total = np.sum(e, axis=axis, keepdims=True)
-    return e / np.where(total > 0, total, 1.0)
+    e /= np.where(total > 0, total, 1.0)
+    return e
 
 
 def _softmax_backward(grad, out):
@@ -374,7 +376,8 @@ def attention_heads(qkv, n_heads, causal=True, dropout_p=0.0, training=False, rn
     D = C // n_heads
     scale = 1.0 / math.sqrt(D)
     q, k, v = qkv.data.reshape(B, T, 3, n_heads, D).transpose(2, 0, 3, 1, 4)  # each (B, H, T, D)
-    scores = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, H, T, T)
+    scores = q @ k.transpose(0, 1, 3, 2)  # (B, H, T, T)
+    scores *= scale
     if causal:
         scores += np.where(causal_mask(T), -np.inf, 0.0).astype(scores.dtype)  # -inf above the diagonal
     weights = softmax_array(scores)

@@ -87,8 +87,8 @@ def erf(x):
     erf(|x|) = sum_n c[n, k] d^n, evaluated by Horner's rule, with the table c from
     ``_erf_taylor_table`` (itself computed with ``erf_reference``). Beyond 6, erf is 1.0 to float64
     precision, so |x| is clamped at 6. erf is odd: the sign of x is copied onto erf(|x|).
-    Non-float input is computed in float64. (Written with in-place operations: each line is one
-    pass over the array, without a new one.)
+    Non-float input is computed in float64. (Written with in-place operations where it can be:
+    each line is one pass over the array, and most reuse an array instead of making a new one.)
     """
     x = np.asarray(x)
     dtype = x.dtype if x.dtype in _ERF_TABLES else np.dtype(np.float64)
@@ -182,9 +182,9 @@ def softmax_array(a, axis=-1):
     return e
 
 
-def _softmax_backward(grad, out):
-    """d x = out * (g - sum(g * out)) over the last axis (see ``softmax``)."""
-    return out * (grad - np.sum(grad * out, axis=-1, keepdims=True))
+def _softmax_backward(grad, out, axis=-1):
+    """d x = out * (g - sum(g * out)) along axis, from the softmax's output (see ``softmax``)."""
+    return out * (grad - np.sum(grad * out, axis=axis, keepdims=True))
 
 
 def softmax(x, axis=-1):
@@ -195,7 +195,7 @@ def softmax(x, axis=-1):
     out = softmax_array(x.data, axis)
 
     def backward(grad):
-        return (out * (grad - np.sum(grad * out, axis=axis, keepdims=True)),)
+        return (_softmax_backward(grad, out, axis),)
 
     return Tensor.from_op(out, (x,), backward)
 
@@ -283,24 +283,20 @@ def layer_norm(x, weight, bias, eps=1e-5):
     d x = r * (gh - mean(gh) - xhat * mean(gh * xhat))
     (the two means remove the parts of the gradient that shifting or scaling the row cannot change).
     """
-    a, w, b = x.data, weight.data, bias.data
-
-    def forward_rows(a):
-        mean = a.mean(axis=-1, keepdims=True)
-        centred = a - mean
-        rstd = 1.0 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + eps)
-        xhat = centred * rstd
-        return xhat * w + b, xhat, rstd
-
-    def backward_rows(grad, xhat, rstd):
-        grad_xhat = grad * w
-        return rstd * (grad_xhat - grad_xhat.mean(axis=-1, keepdims=True)
-                       - xhat * (grad_xhat * xhat).mean(axis=-1, keepdims=True))
-
-    out, xhat, rstd = forward_rows(a)
+    a = x.data
+    mean = a.mean(axis=-1, keepdims=True)
+    centred = a - mean
+    rstd = 1.0 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + eps)
+    xhat = centred * rstd
+    out = xhat * weight.data + bias.data
 
     def backward(grad):
-        grad_x = backward_rows(grad, xhat, rstd)
+        grad_xhat = grad * weight.data
+        grad_x = rstd * (
+            grad_xhat
+            - grad_xhat.mean(axis=-1, keepdims=True)
+            - xhat * (grad_xhat * xhat).mean(axis=-1, keepdims=True)
+        )
         rows = (-1, a.shape[-1])
         grad_w = (grad * xhat).reshape(rows).sum(axis=0)
         grad_b = grad.reshape(rows).sum(axis=0)

@@ -160,30 +160,30 @@ def policy_windows(prompts, generated, lengths, context_length, max_rows=None):
             for ids, targets, index in batches for start in range(0, len(ids), max_rows)]
 
 
-def accumulate_policy_gradient(backend, model, batches, reference_logits, token_weights, temperature, top_k,
+def accumulate_policy_gradient(backend, model, batches, reference_logits, sample_weights, temperature, top_k,
                                kl_weight, entropy_weight):
     """The REINFORCE loss of the module docstring, its gradient added to the parameters piece by piece.
 
     batches: ``policy_windows`` pieces; reference_logits: the frozen model's logits on each piece;
-    token_weights(index, counted): the policy-gradient weight of every position of a piece.
+    sample_weights (N,): the policy-gradient weight of every sampled token of each sample.
     Each piece is forwarded, its part of the loss built and back-propagated at once, so only one
     piece's graph is alive at a time (the memory of a piece, not of the whole rollout); the sum of
-    the parts' gradients is the whole loss's gradient. Returns the loss value and, per sampled token,
-    the KL to the reference, the entropy and the sample it belongs to.
+    the parts' gradients is the whole loss's gradient. Returns the loss value and, per sampled
+    token, the KL to the reference and the entropy.
     """
-    total, token_kl, token_entropy, token_sample = 0.0, [], [], []
+    total, token_kl, token_entropy = 0.0, [], []
     for (ids, targets, index), reference in zip(batches, reference_logits):
         logits = backend.forward(model, ids)
         counted = targets != IGNORE
         kl, entropy = kl_and_entropy(backend.numpy(logits)[counted], reference[counted])
         token_kl.append(kl)
         token_entropy.append(entropy)
-        token_sample.append(np.broadcast_to(index[:, None], targets.shape)[counted])
-        part = backend.weighted_nll(logits, targets, token_weights(index, counted), temperature, top_k)
+        weights = np.where(counted, sample_weights[index][:, None], 0.0)  # (rows, T)
+        part = backend.weighted_nll(logits, targets, weights, temperature, top_k)
         if kl_weight or entropy_weight:
             part = part + backend.kl_entropy(logits, reference, counted * kl_weight, counted * entropy_weight)
         total += backend.backward(part)
-    return total, np.concatenate(token_kl), np.concatenate(token_entropy), np.concatenate(token_sample)
+    return total, np.concatenate(token_kl), np.concatenate(token_entropy)
 
 
 # ---------------------------------------------------------------------------- diagnostics
@@ -274,10 +274,9 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
         n_tokens = int(lengths.sum())
         kl_weight = rl_settings.kl_coef / n_tokens if rl_settings.kl_mode == "loss" else 0.0
 
-        loss_value, token_kl, token_entropy, _ = accumulate_policy_gradient(
-            backend, model, batches, reference_logits,
-            lambda index, counted: np.where(counted, per_token[index][:, None], 0.0),
-            sampling.temperature, sampling.top_k, kl_weight, rl_settings.entropy_coef / n_tokens)
+        loss_value, token_kl, token_entropy = accumulate_policy_gradient(
+            backend, model, batches, reference_logits, per_token, sampling.temperature, sampling.top_k,
+            kl_weight, rl_settings.entropy_coef / n_tokens)
 
         groups = rewards.reshape(len(chosen), G)
         figures = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),

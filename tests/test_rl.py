@@ -145,9 +145,8 @@ def test_gradient_accumulated_in_pieces_equals_one_pass():
     for max_rows in (None, 2):
         batches = policy_windows(sample_prompts, generated, lengths, 6, max_rows)
         reference_logits = [backend.predict(reference, ids) for ids, _, _ in batches]
-        loss, kl, entropy, _ = accumulate_policy_gradient(
-            backend, model, batches, reference_logits,
-            lambda index, counted: np.where(counted, per_sample[index][:, None], 0.0), 0.9, 5, 0.1, 0.02)
+        loss, kl, entropy = accumulate_policy_gradient(backend, model, batches, reference_logits, per_sample,
+                                                       0.9, 5, 0.1, 0.02)
         results.append((loss, np.sort(kl), np.sort(entropy), [p.grad.copy() for p in model.parameters()]))
         for p in model.parameters():
             p.grad = None

@@ -27,7 +27,7 @@ def erf_reference(x):
       and erf(x) = 1 - erfc(x). It is evaluated from a fixed depth upwards.
 
     erf is odd, so both are computed for |x| and the sign put back. This is the plain, slow form:
-    ``erf`` below gets the same numbers faster from a table built with it.
+    GELU's ``normal_cdf`` below gets Phi(x) = (1 + erf(x / sqrt 2)) / 2 fast from a table built with it.
     """
     x = np.asarray(x, dtype=np.float64)
     ax = np.abs(x)
@@ -51,62 +51,66 @@ def erf_reference(x):
     return np.sign(x) * result
 
 
-_ERF_GRID_END = 6.0  # erf(x) rounds to 1.0 beyond 6
+_CDF_GRID_END = 8.5  # beyond +-8.5, Phi(x) is 0 or 1 to float64 precision (|x| / sqrt 2 > 6)
 # Per float type: the Taylor degree n and the grid step h of the table. The remainder is at most
-# (h/2)^(n+1) / (n+1)! * max|erf^(n+1)|: below 1e-18 for float64 (degree 7, h = 1/64) and 3e-8 for
-# float32 (degree 1, h = 1/2048: a straight line between close points, two table reads a number).
-_ERF_TAYLOR = {np.dtype(np.float64): (7, 1.0 / 64), np.dtype(np.float32): (1, 1.0 / 2048)}
+# (h/2)^(n+1) / (n+1)! * max|Phi^(n+1)|: below 1e-18 for float64 (degree 7, h = 1/64) and 8e-9 for
+# float32 (degree 1, h = 1/2048: a straight line through the nearest grid point, two table reads a number).
+_CDF_TAYLOR = {np.dtype(np.float64): (7, 1.0 / 64), np.dtype(np.float32): (1, 1.0 / 2048)}
 
 
-def _erf_taylor_table(degree, step):
-    """Taylor coefficients erf^(n)(x_k) / n! at the grid points x_k = k * step on [0, 6],
-    shape (degree + 1, points).
+def normal_cdf_reference(x):
+    """The standard normal CDF Phi(x) = (1 + erf(x / sqrt 2)) / 2, with ``erf_reference``: the plain, slow form."""
+    return 0.5 * (1.0 + erf_reference(np.asarray(x, dtype=np.float64) / math.sqrt(2.0)))
 
-    The derivatives of erf are Hermite polynomials times a Gaussian:
-    erf^(n)(x) = 2/sqrt(pi) * (-1)^(n-1) * H_{n-1}(x) * exp(-x^2) for n >= 1,
-    with H_0 = 1, H_1 = 2x, H_{m+1} = 2x H_m - 2m H_{m-1}.
+
+def _cdf_taylor_table(degree, step):
+    """Taylor coefficients Phi^(n)(x_k) * step^n / n! at the grid points x_k = -8.5 + k * step,
+    shape (degree + 1, points): the polynomial of each grid point in d, the distance from it in grid steps.
+
+    The derivatives of Phi are those of the normal density phi(x) = exp(-x^2 / 2) / sqrt(2 pi):
+    Phi^(n)(x) = phi^(n-1)(x) = (-1)^(n-1) * He_{n-1}(x) * phi(x) for n >= 1,
+    with the Hermite polynomials He_0 = 1, He_1 = x, He_{m+1} = x He_m - m He_{m-1}.
     """
-    grid = np.arange(0.0, _ERF_GRID_END + step / 2, step)
+    half_points = round(_CDF_GRID_END / step)
+    grid = step * np.arange(-half_points, half_points + 1)
     table = np.empty((degree + 1, len(grid)))
-    table[0] = erf_reference(grid)
-    gaussian = (2.0 / math.sqrt(math.pi)) * np.exp(-grid * grid)
-    hermite_previous, hermite = np.zeros_like(grid), np.ones_like(grid)  # H_{-1} (unused), H_0
+    table[0] = normal_cdf_reference(grid)
+    density = np.exp(-0.5 * grid * grid) / math.sqrt(2.0 * math.pi)
+    hermite_previous, hermite = np.zeros_like(grid), np.ones_like(grid)  # He_{-1} (unused), He_0
     for n in range(1, degree + 1):
-        table[n] = (-1) ** (n - 1) * hermite * gaussian / math.factorial(n)  # uses H_{n-1}
-        hermite_previous, hermite = hermite, 2.0 * grid * hermite - 2.0 * (n - 1) * hermite_previous
+        table[n] = (-1) ** (n - 1) * hermite * density * step**n / math.factorial(n)  # uses He_{n-1}
+        hermite_previous, hermite = hermite, grid * hermite - (n - 1) * hermite_previous
     return table
 
 
-_ERF_TABLES = {dtype: _erf_taylor_table(degree, step).astype(dtype) for dtype, (degree, step) in _ERF_TAYLOR.items()}
+_CDF_TABLES = {dtype: _cdf_taylor_table(degree, step).astype(dtype) for dtype, (degree, step) in _CDF_TAYLOR.items()}
 
 
-def erf(x):
-    """erf(x) to the precision of x's float type, fast: a Taylor polynomial around the nearest grid point.
+def normal_cdf(x):
+    """Phi(x) to the precision of x's float type, fast: a Taylor polynomial around the nearest grid point.
 
-    For |x| <= 6: k = floor(|x| / h + 1/2), d = |x| - k h (so |d| <= h/2), and
-    erf(|x|) = sum_n c[n, k] d^n, evaluated by Horner's rule, with the table c from
-    ``_erf_taylor_table`` (itself computed with ``erf_reference``). Beyond 6, erf is 1.0 to float64
-    precision, so |x| is clamped at 6. erf is odd: the sign of x is copied onto erf(|x|).
-    Non-float input is computed in float64. (Written with in-place operations where it can be:
-    each line is one pass over the array, and most reuse an array instead of making a new one.)
+    x is clamped to [-8.5, 8.5] (Phi is 0 or 1 beyond). In grid steps, v = x / h; the nearest grid
+    point is j = rint(v) and d = v - j (|d| <= 1/2; both exact, h being a power of 2);
+    Phi(x) = sum_n c[n, j] d^n by Horner's rule, with the table c from ``_cdf_taylor_table`` (itself
+    computed with ``erf_reference``; its column 0 is the grid point -8.5). NaN stays NaN. Non-float
+    input is computed in float64. (Each line is one pass over the array; most reuse an array.)
     """
     x = np.asarray(x)
-    dtype = x.dtype if x.dtype in _ERF_TABLES else np.dtype(np.float64)
-    table, step = _ERF_TABLES[dtype], _ERF_TAYLOR[dtype][1]
-    flat = np.atleast_1d(x).reshape(-1)
-    ax = np.abs(flat).astype(dtype, copy=False)
-    grid = np.fmin(ax, _ERF_GRID_END)  # fmin turns NaN into 6, so the cast below never sees NaN
-    grid *= 1.0 / step
-    grid += 0.5
-    k = grid.astype(np.intp)  # the nearest grid point
-    d = np.minimum(ax, _ERF_GRID_END, out=grid)  # |x| clamped at 6; NaN stays NaN and flows into the result
-    d -= k.astype(dtype) * dtype.type(step)  # k h is exact
-    result = table[-1].take(k)
+    dtype = x.dtype if x.dtype in _CDF_TABLES else np.dtype(np.float64)
+    table, step = _CDF_TABLES[dtype], _CDF_TAYLOR[dtype][1]
+    v = np.clip(np.atleast_1d(x).astype(dtype, copy=False), -_CDF_GRID_END, _CDF_GRID_END)
+    v *= 1.0 / step
+    nearest = np.rint(v)
+    with np.errstate(invalid="ignore"):  # NaN has no integer: its column is arbitrary, its d NaN
+        column = nearest.astype(np.intp)
+    column += round(_CDF_GRID_END / step)  # grid point j sits in column j + 8.5 / h
+    v -= nearest  # d
+    result = table[-1].take(column, mode="clip")
     coefficient = np.empty_like(result)
     for n in range(table.shape[0] - 2, -1, -1):
-        result *= d
-        result += table[n].take(k, out=coefficient, mode="clip")
-    return np.copysign(result, flat, out=result).reshape(x.shape)
+        result *= v
+        result += table[n].take(column, out=coefficient, mode="clip")
+    return result.reshape(x.shape)
 
 
 _CHUNK = 1 << 16  # numbers per piece: a piece and its temporaries fit in a core's cache
@@ -142,9 +146,7 @@ def in_pieces(fn, *arrays):
 
 
 def _gelu_forward(a):
-    cdf = erf(a * (1.0 / math.sqrt(2.0)))
-    cdf += 1.0
-    cdf *= 0.5  # Phi(a) = (1 + erf(a / sqrt 2)) / 2, in place
+    cdf = normal_cdf(a)  # Phi(a)
     return a * cdf, cdf
 
 
@@ -160,7 +162,7 @@ def _gelu_backward(grad, a, cdf):
 
 
 def gelu(x):
-    """Exact GELU: out = x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2, the normal CDF.
+    """Exact GELU: out = x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2, the normal CDF (``normal_cdf``).
 
     Backward: d out / d x = Phi(x) + x * phi(x), with the normal density phi(x) = exp(-x^2/2)/sqrt(2 pi).
     (``_gelu_forward`` and ``_gelu_backward`` hold the formulas; ``in_pieces`` runs them in pieces.)
@@ -477,7 +479,8 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
 
 
 __all__ = [
-    "erf", "gelu", "softmax", "softmax_array", "log_softmax", "log_softmax_array", "masked_fill", "linear", "embedding", "layer_norm",
+    "erf_reference", "normal_cdf", "normal_cdf_reference", "gelu", "softmax", "softmax_array", "log_softmax",
+    "log_softmax_array", "masked_fill", "linear", "embedding", "layer_norm",
     "dropout", "dropout_mask", "causal_mask", "scaled_dot_product_attention", "attention_heads",
     "multi_head_attention",
     "cross_entropy", "as_tensor",

@@ -168,19 +168,23 @@ def test_gelu(dtype, n, scale, seed):
     against_torch(F.gelu, TF.gelu, {"x": normal(rng, n) * scale}, dtype, "gelu (exact erf)", seed)
 
 
-def test_erf_to_float64_precision():
-    """Both erfs (the plain series/continued fraction and the fast Taylor table) against torch.erf."""
-    xs = np.concatenate([np.linspace(-7, 7, 20001), [0.0, -0.0, 1e-300, 2.0 - 1e-15, 2.0, 6.0, 6.01, 30.0,
-                                                      np.inf, -np.inf]])
-    expected = torch.erf(torch.from_numpy(xs)).numpy()  # reference computed now, not typed in
-    for implementation in (F.erf, F.erf_reference):
-        compare({"erf": implementation(xs)}, {"erf": expected}, Tolerance(2e-15, 2e-15), implementation.__name__)
+def test_erf_and_normal_cdf_to_float_precision():
+    """The plain erf (series/continued fraction) against torch.erf, and the fast normal CDF (the
+    Taylor table GELU uses) against Phi(x) = (1 + erf(x / sqrt 2)) / 2 from torch, in both float types."""
+    xs = np.concatenate([np.linspace(-10, 10, 40001), [0.0, -0.0, 1e-300, 2.0 - 1e-15, 2.0, 6.0, 6.01, 8.49, 8.5, 8.51,
+                                                       -8.5, 30.0, -30.0, np.inf, -np.inf]])
+    expected_erf = torch.erf(torch.from_numpy(xs)).numpy()  # references computed now, not typed in
+    compare({"erf": F.erf_reference(xs)}, {"erf": expected_erf}, Tolerance(2e-15, 2e-15), "erf_reference")
+    assert np.isnan(F.erf_reference(np.array([np.nan]))).all()
+    expected_cdf = 0.5 * (1.0 + torch.erf(torch.from_numpy(xs) / math.sqrt(2.0))).numpy()
+    for implementation in (F.normal_cdf, F.normal_cdf_reference):
+        compare({"Phi": implementation(xs)}, {"Phi": expected_cdf}, Tolerance(2e-15), implementation.__name__)
         assert np.isnan(implementation(np.array([np.nan]))).all()
     xs32 = xs.astype(np.float32)
-    assert F.erf(xs32).dtype == np.float32 and F.erf(np.float32(0.5)).dtype == np.float32
-    exact = torch.erf(torch.from_numpy(xs32.astype(np.float64))).numpy()
-    compare({"erf": F.erf(xs32)}, {"erf": exact}, Tolerance(1.2e-7), "float32 erf vs exact")
-    assert np.signbit(F.erf(np.array([-0.0])))[0]
+    assert F.normal_cdf(xs32).dtype == np.float32 and F.normal_cdf(np.float32(0.5)).dtype == np.float32
+    assert np.isnan(F.normal_cdf(np.array([np.nan], dtype=np.float32))).all()
+    exact = 0.5 * (1.0 + torch.erf(torch.from_numpy(xs32.astype(np.float64)) / math.sqrt(2.0))).numpy()
+    compare({"Phi": F.normal_cdf(xs32)}, {"Phi": exact}, Tolerance(1.2e-7), "float32 normal_cdf vs exact")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -5,6 +5,7 @@
 """
 import argparse
 import sys
+from functools import partial
 
 import numpy as np
 
@@ -40,7 +41,7 @@ def main(argv=None):
     tokenizer = checkpoint.tokenizer
     prompt = format_prompt(args.instruction) if args.instruction else args.prompt
     tokens, lengths, finished = generate(
-        lambda ids: backend.predict(model, ids), tokenizer.encode(prompt), args.samples, args.max_new_tokens,
+        partial(backend.predict, model), tokenizer.encode(prompt), args.samples, args.max_new_tokens,
         checkpoint.config.context_length, args.temperature, args.top_k, np.random.default_rng(args.seed),
         tokenizer.index["\n"] if args.instruction else -1)
     print(f"{checkpoint.stage} checkpoint, step {checkpoint.step}, {backend.name} backend")

@@ -44,8 +44,9 @@ class Backend:
         """Restart the dropout random stream (so a resumed run draws the same masks)."""
         raise NotImplementedError
 
-    def forward(self, model, ids):
-        """Logits (B, T, V) of integer ids (B, T), recording the graph for a backward pass."""
+    def forward(self, model, ids, last=None):
+        """Logits (B, T, V) of integer ids (B, T), recording the graph for a backward pass.
+        last: only the last ``last`` positions' logits, (B, last, V), for less work (see TinyGPT.forward)."""
         raise NotImplementedError
 
     def weighted_nll(self, logits, targets, weights, temperature=1.0, top_k=None):
@@ -68,8 +69,8 @@ class Backend:
         loss None: the gradients were already accumulated with ``backward``."""
         raise NotImplementedError
 
-    def predict(self, model, ids):
-        """Logits as a numpy array, without recording a graph (evaluation and sampling)."""
+    def predict(self, model, ids, last=None):
+        """Logits as a numpy array, without recording a graph (evaluation and sampling); last as in forward."""
         raise NotImplementedError
 
     def item(self, loss):
@@ -139,8 +140,8 @@ class NumpyBackend(Backend):
     def seed_dropout(self, model, seed):
         model.seed_dropout(seed)
 
-    def forward(self, model, ids):
-        return model(ids)
+    def forward(self, model, ids, last=None):
+        return model(ids, last)
 
     def weighted_nll(self, logits, targets, weights, temperature=1.0, top_k=None):
         if temperature != 1.0:
@@ -174,9 +175,9 @@ class NumpyBackend(Backend):
         optimizer.zero_grad()
         return norm
 
-    def predict(self, model, ids):
+    def predict(self, model, ids, last=None):
         with no_grad():
-            return model(ids).data
+            return model(ids, last).data
 
     def item(self, loss):
         return float(loss.item())

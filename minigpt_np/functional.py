@@ -338,25 +338,27 @@ def causal_mask(T):
 
 
 def scaled_dot_product_attention(q, k, v, causal=True, dropout_p=0.0, training=False, rng=None):
-    """softmax(q k^T / sqrt(D) + mask) v, over (B, H, T, D) tensors.
+    """softmax(q k^T / sqrt(D) + mask) v, over (B, H, T, D) tensors; q may hold only the last
+    Tq <= T positions' queries (B, H, Tq, D), for outputs at those positions only.
 
     Built from ops that each carry their backward: matmul, scale, -inf mask, softmax,
     dropout on the attention weights (training only), matmul.
     """
-    T, D = q.shape[-2], q.shape[-1]
-    scores = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(D))  # (B, H, T, D) x (B, H, D, T) -> (B, H, T, T)
+    Tq, T, D = q.shape[-2], k.shape[-2], q.shape[-1]
+    scores = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(D))  # (B, H, Tq, D) x (B, H, D, T) -> (B, H, Tq, T)
     if causal:
-        scores = masked_fill(scores, causal_mask(T), -np.inf)
+        scores = masked_fill(scores, causal_mask(T)[T - Tq:], -np.inf)  # the rows of the last Tq positions
     weights = softmax(scores, axis=-1)
     weights = dropout(weights, dropout_p, training, rng)
-    return weights @ v  # (B, H, T, T) x (B, H, T, D) -> (B, H, T, D)
+    return weights @ v  # (B, H, Tq, T) x (B, H, T, D) -> (B, H, Tq, D)
 
 
-def attention_heads(qkv, n_heads, causal=True, dropout_p=0.0, training=False, rng=None):
+def attention_heads(qkv, n_heads, causal=True, dropout_p=0.0, training=False, rng=None, last=None):
     """The attention of ``scaled_dot_product_attention`` as one op, with its backward written out.
 
     qkv (B, T, 3C) holds q, k and v side by side (the packed projection); the heads are split
-    off inside and merged back, so the output is (B, T, C). Per head, with s = 1/sqrt(D):
+    off inside and merged back, so the output is (B, T, C), or (B, last, C) when only the last
+    ``last`` positions attend (every position still serves as a key and value). Per head, with s = 1/sqrt(D):
 
         S = s q k^T (+ -inf above the diagonal),  P = softmax(S),  Pd = P * M,  O = Pd v
 
@@ -364,7 +366,7 @@ def attention_heads(qkv, n_heads, causal=True, dropout_p=0.0, training=False, rn
 
         dv = Pd^T g,   dPd = g v^T,   dP = dPd * M,
         dS = P * (dP - rowsum(dP * P))          (the softmax backward)
-        dq = s dS k,   dk = s dS^T q
+        dq = s dS k,   dk = s dS^T q             (dq = 0 at positions that did not attend)
 
     Same numbers as the composed ops (a test checks values and gradients), but one closure
     instead of eight and no zero-filled gradient per q, k, v slice.
@@ -374,28 +376,32 @@ def attention_heads(qkv, n_heads, causal=True, dropout_p=0.0, training=False, rn
     D = C // n_heads
     scale = 1.0 / math.sqrt(D)
     q, k, v = qkv.data.reshape(B, T, 3, n_heads, D).transpose(2, 0, 3, 1, 4)  # each (B, H, T, D)
-    scores = q @ k.transpose(0, 1, 3, 2)  # (B, H, T, T)
+    first = 0 if last is None else T - last  # the first position that attends
+    q = q[:, :, first:]  # (B, H, Tq, D)
+    Tq = T - first
+    scores = q @ k.transpose(0, 1, 3, 2)  # (B, H, Tq, T)
     scores *= scale
     if causal:
-        scores += np.where(causal_mask(T), -np.inf, 0.0).astype(scores.dtype)  # -inf above the diagonal
+        scores += np.where(causal_mask(T)[first:], -np.inf, 0.0).astype(scores.dtype)  # -inf above the diagonal
     weights = softmax_array(scores)
     mask = dropout_mask(weights.shape, dropout_p, rng, weights.dtype) if training and dropout_p > 0 else None
     dropped = weights if mask is None else weights * mask
-    out = np.empty((B, T, n_heads, D), dtype=qkv.dtype)
-    np.matmul(dropped, v, out=out.transpose(0, 2, 1, 3))  # heads (B, H, T, D), written merged (B, T, H, D)
-    out = out.reshape(B, T, C)
+    out = np.empty((B, Tq, n_heads, D), dtype=qkv.dtype)
+    np.matmul(dropped, v, out=out.transpose(0, 2, 1, 3))  # heads (B, H, Tq, D), written merged (B, Tq, H, D)
+    out = out.reshape(B, Tq, C)
 
     def backward(grad):
-        grad_heads = grad.reshape(B, T, n_heads, D).transpose(0, 2, 1, 3)  # (B, H, T, D)
+        grad_heads = grad.reshape(B, Tq, n_heads, D).transpose(0, 2, 1, 3)  # (B, H, Tq, D)
         grad_v = dropped.transpose(0, 1, 3, 2) @ grad_heads  # dv = Pd^T g
-        grad_weights = grad_heads @ v.transpose(0, 1, 3, 2)  # (B, H, T, T)
+        grad_weights = grad_heads @ v.transpose(0, 1, 3, 2)  # (B, H, Tq, T)
         if mask is not None:
             grad_weights *= mask
         grad_scores = _softmax_backward(grad_weights, weights)  # dS
         grad_scores *= scale
         grad_qkv = np.empty((B, T, 3, n_heads, D), dtype=grad.dtype)  # packed as qkv
         grad_q, grad_k, grad_v_slot = grad_qkv.transpose(2, 0, 3, 1, 4)  # (B, H, T, D) views into it
-        np.matmul(grad_scores, k, out=grad_q)  # dq = s dS k (s is already in grad_scores)
+        grad_q[:, :, :first] = 0.0
+        np.matmul(grad_scores, k, out=grad_q[:, :, first:])  # dq = s dS k (s is already in grad_scores)
         np.matmul(grad_scores.transpose(0, 1, 3, 2), q, out=grad_k)  # dk = s dS^T q
         grad_v_slot[...] = grad_v
         return (grad_qkv.reshape(B, T, C3),)
@@ -404,23 +410,26 @@ def attention_heads(qkv, n_heads, causal=True, dropout_p=0.0, training=False, rn
 
 
 def multi_head_attention(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, n_heads,
-                         causal=True, dropout_p=0.0, training=False, rng=None, fused=True):
+                         causal=True, dropout_p=0.0, training=False, rng=None, fused=True, last=None):
     """Self-attention as torch.nn.MultiheadAttention computes it, with the packed input projection.
 
     in_proj_weight (3C, C) stacks W_q, W_k, W_v: one matmul gives q, k and v side by side.
     fused=True runs the attention as the single op ``attention_heads``; fused=False builds it from
     the elementary ops (``scaled_dot_product_attention``): the same numbers, the slow readable way.
+    last: the output at the last ``last`` positions only, (B, last, C) (keys and values from all).
     """
     B, T, C = x.shape
     D = C // n_heads
     qkv = linear(x, in_proj_weight, in_proj_bias)  # (B, T, C) -> (B, T, 3C)
     if fused:
-        merged = attention_heads(qkv, n_heads, causal, dropout_p, training, rng)
+        merged = attention_heads(qkv, n_heads, causal, dropout_p, training, rng, last)
     else:
         qkv = qkv.reshape(B, T, 3, n_heads, D).transpose(2, 0, 3, 1, 4)  # -> (3, B, H, T, D)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        heads = scaled_dot_product_attention(q, k, v, causal, dropout_p, training, rng)  # (B, H, T, D)
-        merged = heads.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
+        if last is not None:
+            q = q[:, :, T - last:]  # the queries of the last positions: (B, H, last, D)
+        heads = scaled_dot_product_attention(q, k, v, causal, dropout_p, training, rng)  # (B, H, Tq, D)
+        merged = heads.transpose(0, 2, 1, 3).reshape(B, heads.shape[2], C)  # (B, H, Tq, D) -> (B, Tq, C)
     return linear(merged, out_proj_weight, out_proj_bias)
 
 

@@ -40,13 +40,28 @@ class TinyGPT(Module):
         """Restart the dropout masks' random stream (all dropout layers share one generator)."""
         self._dropout_rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
 
-    def forward(self, ids):
-        """ids: integer array (B, T) with T <= context_length. Returns logits, a Tensor (B, T, V)."""
+    def forward(self, ids, last=None):
+        """ids: integer array (B, T) with T <= context_length. Returns logits, a Tensor (B, T, V).
+
+        last: the logits of the last ``last`` positions only, (B, last, V): the same numbers as
+        ``forward(ids)[:, -last:]``, for less work (the final layer, ln_f and lm_head run at those
+        positions only). Sampling needs the last position; a loss on a few positions needs those.
+        """
         ids = check_ids(ids, self.config)
         T = ids.shape[1]
+        last = check_last(last, T)
         x = self.token_embed(ids) + self.pos_embed(np.arange(T))  # (B, T, C) + (T, C) -> (B, T, C)
-        x = self.transformer(x)
-        return self.lm_head(self.ln_f(x))  # (B, T, C) -> (B, T, V)
+        x = self.transformer(x, last)  # -> (B, T, C), or (B, last, C)
+        return self.lm_head(self.ln_f(x))  # (B, T or last, C) -> (B, T or last, V)
+
+
+def check_last(last, T):
+    """The number of final positions to compute: None for all T (also when last >= T), or a ValueError."""
+    if last is None:
+        return None
+    if isinstance(last, bool) or not isinstance(last, (int, np.integer)) or last < 1:
+        raise ValueError(f"last must be a positive number of positions, got {last!r}")
+    return None if last >= T else int(last)
 
 
 def check_ids(ids, config):

@@ -183,10 +183,12 @@ class MultiheadAttention(Module):
         self.out_proj = Linear(d_model, d_model, rng=rng, dtype=dtype)
         self.out_proj.bias.data[:] = 0.0
 
-    def forward(self, x):
+    def forward(self, x, last=None):
+        """last: attend from the last ``last`` positions only (see F.multi_head_attention)."""
         return F.multi_head_attention(
             x, self.in_proj_weight, self.in_proj_bias, self.out_proj.weight, self.out_proj.bias,
             self.n_heads, causal=True, dropout_p=self.dropout, training=self.training, rng=self.dropout_rng,
+            last=last,
         )
 
 
@@ -209,8 +211,12 @@ class TransformerEncoderLayer(Module):
         self.dropout1 = Dropout(dropout, rng=dropout_rng)
         self.dropout2 = Dropout(dropout, rng=dropout_rng)
 
-    def forward(self, x):  # (B, T, C) -> (B, T, C)
-        x = self.norm1(x + self.dropout1(self.self_attn(x)))
+    def forward(self, x, last=None):  # (B, T, C) -> (B, T, C), or (B, last, C)
+        """last: the outputs of the last ``last`` positions only; every position still gives its key and value."""
+        attended = self.self_attn(x, last)
+        if last is not None:
+            x = x[:, x.shape[1] - last:]  # the residual stream of those positions
+        x = self.norm1(x + self.dropout1(attended))
         hidden = self.dropout(F.gelu(self.linear1(x)))  # (B, T, C) -> (B, T, 4C)
         return self.norm2(x + self.dropout2(self.linear2(hidden)))
 
@@ -220,7 +226,9 @@ class TransformerEncoder(Module):
         super().__init__()
         self.layers = ModuleList(layers)
 
-    def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
+    def forward(self, x, last=None):
+        """last: only the last ``last`` positions' outputs, (B, last, C). The earlier layers still run
+        at every position (the final layer's keys and values come from all); the final layer runs at those."""
+        for index, layer in enumerate(self.layers):
+            x = layer(x, last if index == len(self.layers) - 1 else None)
         return x

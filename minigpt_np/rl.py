@@ -129,7 +129,9 @@ def policy_windows(prompts, generated, lengths, context_length, max_rows=None):
     sequence[j - context_length : j]; those form the second batch, in which only the last position
     is a target.
 
-    Returns [(ids, targets, sample_index)]; targets are IGNORE except at sampled tokens.
+    Returns [(ids, targets, sample_index)]. targets (rows, L) hold the targets of the last L
+    positions of ids (L: the whole width for the first windows, 1 for the later ones, whose logits
+    are needed at the last position only: ``Backend.forward(..., last=L)``); IGNORE except at sampled tokens.
     """
     first, later = [], []
     for i, (prompt, row, length) in enumerate(zip(prompts, generated, lengths)):
@@ -151,8 +153,7 @@ def policy_windows(prompts, generated, lengths, context_length, max_rows=None):
         batches.append((ids, targets, np.array([i for _, _, i in first])))
     if later:
         ids = np.stack([window for window, _, _ in later])  # (number of later tokens, context_length)
-        targets = np.full(ids.shape, IGNORE, dtype=np.int64)
-        targets[:, -1] = [target for _, target, _ in later]
+        targets = np.array([[target] for _, target, _ in later], dtype=np.int64)  # the last position's: (rows, 1)
         batches.append((ids, targets, np.array([i for _, _, i in later])))
     if max_rows is None:
         return batches
@@ -165,7 +166,8 @@ def accumulate_policy_gradient(backend, model, batches, reference_logits, sample
     """The REINFORCE loss of the module docstring, its gradient added to the parameters piece by piece.
 
     batches: ``policy_windows`` pieces; reference_logits: the frozen model's logits on each piece;
-    sample_weights (N,): the policy-gradient weight of every sampled token of each sample.
+    sample_weights (N,): the policy-gradient weight of every sampled token of each sample. The logits
+    are computed at the positions that have targets (the last L of each window) only.
     Each piece is forwarded, its part of the loss built and back-propagated at once, so only one
     piece's graph is alive at a time (the memory of a piece, not of the whole rollout); the sum of
     the parts' gradients is the whole loss's gradient. Returns the loss value and, per sampled
@@ -173,7 +175,7 @@ def accumulate_policy_gradient(backend, model, batches, reference_logits, sample
     """
     total, token_kl, token_entropy = 0.0, [], []
     for (ids, targets, index), reference in zip(batches, reference_logits):
-        logits = backend.forward(model, ids)
+        logits = backend.forward(model, ids, last=targets.shape[1])  # (rows, L, V)
         counted = targets != IGNORE
         kl, entropy = kl_and_entropy(backend.numpy(logits)[counted], reference[counted])
         token_kl.append(kl)
@@ -217,7 +219,7 @@ def answer_log_prob(run, prompt, answer):
     total, count = 0.0, 0
     for ids, targets, _ in policy_windows([prompt_ids], answer_ids[None], np.array([len(answer_ids)]),
                                           run.config.context_length):
-        log_probs = log_softmax_array(run.predict(ids).astype(np.float64))
+        log_probs = log_softmax_array(run.predict(ids, targets.shape[1]).astype(np.float64))
         counted = targets != IGNORE
         total += float(log_probs[counted, targets[counted]].sum())
         count += int(counted.sum())
@@ -251,7 +253,7 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
 
         # The windows the samples were drawn from, in pieces; the frozen reference scores them first.
         batches = policy_windows(sample_prompts, generated, lengths, T, rl_settings.windows_per_pass)
-        reference_logits = [backend.predict(reference, ids) for ids, _, _ in batches]
+        reference_logits = [backend.predict(reference, ids, targets.shape[1]) for ids, targets, _ in batches]
 
         shaped = rewards - rl_settings.missing_stop_penalty * ~finished
         if rl_settings.kl_mode == "reward" and rl_settings.kl_coef:
@@ -259,7 +261,7 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
             sample_kl = np.zeros(N)
             for (ids, targets, index), reference_part in zip(batches, reference_logits):
                 counted = targets != IGNORE
-                kl, _ = kl_and_entropy(run.predict(ids)[counted], reference_part[counted])
+                kl, _ = kl_and_entropy(run.predict(ids, targets.shape[1])[counted], reference_part[counted])
                 np.add.at(sample_kl, np.broadcast_to(index[:, None], targets.shape)[counted], kl)
             shaped = shaped - rl_settings.kl_coef * sample_kl
         advantage = np.concatenate([advantages(shaped[g * G:(g + 1) * G], rl_settings.advantage, state["baseline"])

@@ -26,7 +26,8 @@ def generate(predict, prompts, n_samples, max_new_tokens, context_length, temper
     """Continue each prompt n_samples times, all samples advanced together.
 
     prompts: one id array, or a list of them (rows come out prompt by prompt).
-    predict: ids (N, T) -> logits (N, T, V) as numpy, without gradients.
+    predict: (ids (N, T), last) -> the logits of the last ``last`` positions (N, last, V) as numpy,
+    without gradients (``Backend.predict`` with its model); it is asked for the last position only.
     Each step every sample sees its last context_length tokens (the crop); samples whose windows
     have the same length share one forward (all of them, when the prompts have one length or the
     windows are full). One uniform per sample per step, drawn in row order. temperature 0 is greedy.
@@ -51,10 +52,10 @@ def generate(predict, prompts, n_samples, max_new_tokens, context_length, temper
         for window in np.unique(ends - starts):
             rows = np.flatnonzero(ends - starts == window)
             batch = np.stack([sequences[r, starts[r]:ends[r]] for r in rows])  # (rows, window)
-            last = predict(batch)[:, -1]  # (rows, V)
+            next_logits = predict(batch, 1)[:, -1]  # (rows, V)
             if logits is None:
-                logits = np.empty((N, last.shape[-1]), dtype=last.dtype)
-            logits[rows] = last
+                logits = np.empty((N, next_logits.shape[-1]), dtype=next_logits.dtype)
+            logits[rows] = next_logits
         if temperature == 0:
             tokens = logits.argmax(axis=-1)
         else:

@@ -66,8 +66,8 @@ class Run:
     def stage_folder(self, stage):
         return self.folder / stage
 
-    def predict(self, ids):
-        return self.backend.predict(self.model, ids)
+    def predict(self, ids, last=None):
+        return self.backend.predict(self.model, ids, last)
 
     def stage_checkpoint(self, stage):
         """The stage's checkpoint in this run folder, or None if there is none yet."""

@@ -37,8 +37,8 @@ class TorchBackend(Backend):
     def _tensor(self, array):
         return torch.as_tensor(np.asarray(array), device=self.device)
 
-    def forward(self, model, ids):
-        return model(self._tensor(ids))
+    def forward(self, model, ids, last=None):
+        return model(self._tensor(ids), last)
 
     def weighted_nll(self, logits, targets, weights, temperature=1.0, top_k=None):
         if temperature != 1.0:
@@ -76,9 +76,9 @@ class TorchBackend(Backend):
         optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
-    def predict(self, model, ids):
+    def predict(self, model, ids, last=None):
         with torch.no_grad():
-            return model(self._tensor(ids)).cpu().numpy()
+            return model(self._tensor(ids), last).cpu().numpy()
 
     def item(self, loss):
         return float(loss.item())

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from minigpt_np.config import GPTConfig
-from minigpt_np.model import check_ids
+from minigpt_np.model import check_ids, check_last
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -27,8 +27,12 @@ class TinyGPT(nn.Module):
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
         self.to(TORCH_DTYPES[config.dtype])
 
-    def forward(self, ids):
-        """ids: integer tensor (B, T), T <= context_length. Returns logits (B, T, V)."""
+    def forward(self, ids, last=None):
+        """ids: integer tensor (B, T), T <= context_length. Returns logits (B, T, V).
+
+        last: the logits of the last ``last`` positions only, (B, last, V), with the final encoder
+        layer run at those positions (``final_layer_at_last_positions``); the earlier layers run as usual.
+        """
         if not isinstance(ids, torch.Tensor):
             ids = torch.as_tensor(check_ids(ids, self.config), device=self.lm_head.weight.device)
         else:
@@ -37,8 +41,25 @@ class TinyGPT(nn.Module):
         positions = torch.arange(T, device=ids.device)
         x = self.token_embed(ids) + self.pos_embed(positions)  # (B, T, C)
         mask = nn.Transformer.generate_square_subsequent_mask(T, device=ids.device, dtype=x.dtype)
-        x = self.transformer(x, mask=mask, is_causal=True)
-        return self.lm_head(self.ln_f(x))  # (B, T, V)
+        last = check_last(last, T)
+        if last is None:
+            x = self.transformer(x, mask=mask, is_causal=True)
+        else:
+            *earlier, final = self.transformer.layers
+            for layer in earlier:
+                x = layer(x, src_mask=mask, is_causal=True)
+            x = final_layer_at_last_positions(final, x, mask[T - last:])  # (B, last, C)
+        return self.lm_head(self.ln_f(x))  # (B, T or last, V)
+
+
+def final_layer_at_last_positions(layer, x, mask):
+    """What ``layer`` (an nn.TransformerEncoderLayer with norm_first=False) computes at the last
+    mask.shape[0] positions of x, every position serving as key and value; mask: those positions'
+    rows of the causal mask. The same steps as the layer's own forward, with fewer queries."""
+    query = x[:, x.shape[1] - mask.shape[0]:]  # (B, last, C)
+    attended = layer.self_attn(query, x, x, attn_mask=mask, need_weights=False)[0]
+    x = layer.norm1(query + layer.dropout1(attended))
+    return layer.norm2(x + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(x))))))
 
 
 def numpy_state_dict(model):

@@ -1,5 +1,6 @@
 """The Backend implementations against each other: the stages' loss, sampling, and whole runs."""
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ def test_reinforce_loss_and_gradients_on_the_same_rollouts(dtype, advantage, kl_
     np_reference, _ = twin_models(SPEC, dtype, seed=1)
     numpy_backend, torch_backend = NumpyBackend(), TorchBackend()
     prompts = [np.array([1, 2, 3, 4, 5, 6, 7, 8]), np.array([9, 10, 11])]
-    generated, lengths, _ = generate(lambda ids: numpy_backend.predict(np_model, ids), prompts, 3, 10, 12,
+    generated, lengths, _ = generate(partial(numpy_backend.predict, np_model), prompts, 3, 10, 12,
                                      0.8, 6, np.random.default_rng(3), stop_id=0)
     sample_prompts = [prompts[0]] * 3 + [prompts[1]] * 3
     assert max(len(p) + n for p, n in zip(sample_prompts, lengths)) > 13
@@ -68,11 +69,12 @@ def test_reinforce_loss_and_gradients_on_the_same_rollouts(dtype, advantage, kl_
         total = None
         for ids, targets, sample_index in batches:
             counted = targets != IGNORE
-            part = backend.weighted_nll(backend.forward(model, ids), targets,
+            last = targets.shape[1]  # the later windows: their last position only
+            part = backend.weighted_nll(backend.forward(model, ids, last), targets,
                                         np.where(counted, per_sample[sample_index][:, None], 0.0), 0.8, 6)
             if kl_coef or entropy_coef:
-                logits = backend.forward(model, ids)
-                part = part + backend.kl_entropy(logits, numpy_backend.predict(np_reference, ids),
+                logits = backend.forward(model, ids, last)
+                part = part + backend.kl_entropy(logits, numpy_backend.predict(np_reference, ids, last),
                                                  counted * kl_coef, counted * entropy_coef)
             total = part if total is None else total + part
         total.backward()
@@ -86,7 +88,7 @@ def test_sampling_draws_the_same_tokens_on_both_backends():
     np_model, torch_model = twin_models(SPEC, "float64")
     results = []
     for backend, model in ((NumpyBackend(), np_model), (TorchBackend(), torch_model)):
-        results.append(generate(lambda ids: backend.predict(model, ids), [np.array([3, 4, 5]), np.array([6])], 4,
+        results.append(generate(partial(backend.predict, model), [np.array([3, 4, 5]), np.array([6])], 4,
                                 20, 12, 0.7, 5, np.random.default_rng(11), stop_id=0))
     for a, b in zip(*results):
         assert np.array_equal(a, b)

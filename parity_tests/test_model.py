@@ -82,6 +82,42 @@ def test_eval_mode_logits_match(dtype):
               scope="model")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec", [CONFIGS[0], CONFIGS[3], CONFIGS[5]], ids=config_id)
+@pytest.mark.parametrize("last", [1, 3])
+def test_logits_of_the_last_positions(spec, dtype, last):
+    """model(ids, last=n): the last n positions' logits, their final layer computed at those positions only.
+    Numpy against torch (values and every gradient of a loss on those positions), and each backend's
+    short path against the last n positions of its own whole forward."""
+    np_model, torch_model = twin_models(spec, dtype, seed=7)
+    ids, targets = random_batch(spec, B=3, seed=4)
+    last = min(last, spec["T"])
+    targets = targets[:, -last:]
+
+    logits = np_model(ids, last=last)
+    F.cross_entropy(logits, targets).backward()
+    ref_logits = torch_model(torch.as_tensor(ids), last=last)
+    V = ref_logits.shape[-1]
+    TF.cross_entropy(ref_logits.reshape(-1, V), torch.as_tensor(targets).reshape(-1)).backward()
+    what = f"{config_id(spec)} last={last}"
+    assert logits.shape == (3, last, V)
+    check({"logits": logits}, {"logits": ref_logits}, dtype, "value", what, scope="model")
+    check({name: p.grad for name, p in np_model.named_parameters()},
+          {name: p.grad for name, p in torch_model.named_parameters()}, dtype, "grad", what, scope="model")
+
+    short = {"logits": logits.data, **{name: p.grad.copy() for name, p in np_model.named_parameters()}}
+    np_model.zero_grad()
+    whole = np_model(ids)[:, -last:]  # the whole forward, then the last positions
+    F.cross_entropy(whole, targets).backward()
+    check(short, {"logits": whole, **{name: p.grad for name, p in np_model.named_parameters()}}, dtype, "grad",
+          f"numpy {what} vs the whole forward", scope="model")
+    with torch.no_grad():
+        torch_model.eval()  # eval mode: torch's fused fast path for the first layers, and dropout is 0 anyway
+        check({"logits": torch_model(torch.as_tensor(ids), last=last)},
+              {"logits": torch_model(torch.as_tensor(ids))[:, -last:]}, dtype, "value", f"torch {what} vs whole",
+              scope="model")
+
+
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_causality(backend):
     """Changing the token at position t changes no logit at positions before t."""

@@ -274,10 +274,12 @@ def test_scaled_dot_product_attention(dtype, B, H, T, D, seed):
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "composed"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @SETTINGS
-@given(B=batch, H=heads, T=time, D=head_width, seed=seeds)
-def test_multi_head_attention_matches_torch_module(dtype, fused, B, H, T, D, seed):
-    """Our packed-projection attention against torch.nn.MultiheadAttention with a causal mask."""
+@given(B=batch, H=heads, T=time, D=head_width, seed=seeds, last=st.one_of(st.none(), st.integers(1, 4)))
+def test_multi_head_attention_matches_torch_module(dtype, fused, B, H, T, D, seed, last):
+    """Our packed-projection attention against torch.nn.MultiheadAttention with a causal mask, at every
+    position or (last) with queries at the last positions only."""
     rng = np.random.default_rng(seed)
+    last = None if last is None else min(last, T)
     C = H * D
     inputs = {"x": normal(rng, B, T, C), "w_in": normal(rng, 3 * C, C) / math.sqrt(C), "b_in": normal(rng, 3 * C),
               "w_out": normal(rng, C, C) / math.sqrt(C), "b_out": normal(rng, C)}
@@ -288,29 +290,34 @@ def test_multi_head_attention_matches_torch_module(dtype, fused, B, H, T, D, see
         attention.in_proj_weight, attention.in_proj_bias = w_in, b_in  # our tensors, so grads reach them
         attention.out_proj.weight, attention.out_proj.bias = w_out, b_out
         mask = torch.nn.Transformer.generate_square_subsequent_mask(T, dtype=TORCH_DTYPE[dtype])
+        if last is not None:
+            return attention(x[:, T - last:], x, x, attn_mask=mask[T - last:], need_weights=False)[0]
         return attention(x, x, x, attn_mask=mask, need_weights=False, is_causal=True)[0]
 
     def np_fn(x, w_in, b_in, w_out, b_out):
-        return F.multi_head_attention(x, w_in, b_in, w_out, b_out, H, causal=True, fused=fused)
+        return F.multi_head_attention(x, w_in, b_in, w_out, b_out, H, causal=True, fused=fused, last=last)
 
-    against_torch(np_fn, torch_fn, inputs, dtype, f"multi_head_attention H={H}", seed)
+    against_torch(np_fn, torch_fn, inputs, dtype, f"multi_head_attention H={H} last={last}", seed)
 
 
 @SETTINGS
-@given(B=batch, H=heads, T=time, D=head_width, seed=seeds, training=st.booleans())
-def test_fused_attention_equals_composed_ops(B, H, T, D, seed, training):
+@given(B=batch, H=heads, T=time, D=head_width, seed=seeds, training=st.booleans(),
+       last=st.one_of(st.none(), st.integers(1, 4)))
+def test_fused_attention_equals_composed_ops(B, H, T, D, seed, training, last):
     """attention_heads (one op, hand-written backward) against the chain of elementary ops, with
-    the same dropout masks in training: outputs and every input gradient agree in float64."""
+    the same dropout masks in training, at every position or at the last ones: outputs and every
+    input gradient agree in float64."""
     rng = np.random.default_rng(seed)
     C = H * D
+    last = None if last is None else min(last, T)
     arrays = {"x": normal(rng, B, T, C), "w_in": normal(rng, 3 * C, C), "b_in": normal(rng, 3 * C),
               "w_out": normal(rng, C, C), "b_out": normal(rng, C)}
-    upstream = normal(rng, B, T, C)
+    upstream = normal(rng, B, T if last is None else last, C)
     results = {}
     for fused in (True, False):
         tensors = {name: Tensor(a.copy(), requires_grad=True) for name, a in arrays.items()}
         out = F.multi_head_attention(*tensors.values(), H, causal=True, dropout_p=0.3, training=training,
-                                     rng=np.random.default_rng(seed + 1), fused=fused)
+                                     rng=np.random.default_rng(seed + 1), fused=fused, last=last)
         (out * Tensor(upstream)).sum().backward()
         results[fused] = [out.data] + [t.grad for t in tensors.values()]
     for fast, plain in zip(results[True], results[False]):
@@ -367,6 +374,8 @@ def test_attention_finite_differences(B, H, T, D, seed):
     inputs = {"x": normal(rng, B, T, C), "w_in": normal(rng, 3 * C, C), "b_in": normal(rng, 3 * C),
               "w_out": normal(rng, C, C), "b_out": normal(rng, C)}
     for fused in (True, False):
-        against_finite_differences(lambda x, w_in, b_in, w_out, b_out:
-                                   F.multi_head_attention(x, w_in, b_in, w_out, b_out, H, causal=True, fused=fused),
-                                   inputs, f"multi_head_attention H={H} fused={fused}", seed)
+        for last in (None, max(1, T - 1)):
+            against_finite_differences(lambda x, w_in, b_in, w_out, b_out:
+                                       F.multi_head_attention(x, w_in, b_in, w_out, b_out, H, causal=True,
+                                                              fused=fused, last=last),
+                                       inputs, f"multi_head_attention H={H} fused={fused} last={last}", seed)

@@ -98,6 +98,11 @@ def test_model_rejects_bad_ids():
         model(np.array([0, 1]))
     with pytest.raises(ValueError, match="integers"):
         model(np.array([[0.5, 1.0]]))
+    for bad_last in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="last must be a positive number"):
+            model(np.array([[0, 1]]), last=bad_last)
+    assert model(np.array([[0, 1, 2]]), last=2).shape == (1, 2, 5)
+    assert model(np.array([[0, 1, 2]]), last=7).shape == (1, 3, 5)  # more than there are: all of them
 
 
 def test_load_state_dict_errors_name_the_problem():

@@ -1,13 +1,22 @@
 """The RL pieces: advantages, exact KL and entropy, the sampled contexts, diagnostics."""
+from functools import partial
+
 import numpy as np
 import pytest
 
 import minigpt_np
 from minigpt_np.backend import NumpyBackend
 from minigpt_np.data import IGNORE
-from minigpt_np.rl import (RLSettings, advantages, degenerate_answer, distinct_n, kl_and_entropy, policy_windows,
-                           text_figures)
 from minigpt_np.rewards import original_reward
+from minigpt_np.rl import (
+    RLSettings,
+    advantages,
+    degenerate_answer,
+    distinct_n,
+    kl_and_entropy,
+    policy_windows,
+    text_figures,
+)
 from minigpt_np.sampling import generate, next_token_probs
 
 
@@ -59,7 +68,7 @@ def test_loss_log_probs_are_the_sampling_distribution():
     sampler used: softmax of logits / T renormalised over the k kept tokens."""
     backend, model = NumpyBackend(), tiny_model()
     prompt = np.array([1, 2, 3, 4, 5, 6, 7])  # longer than the context: the crop is used
-    generated, lengths, _ = generate(lambda ids: backend.predict(model, ids), prompt, 3, 5, 6, 0.7, 3,
+    generated, lengths, _ = generate(partial(backend.predict, model), prompt, 3, 5, 6, 0.7, 3,
                                      np.random.default_rng(0), stop_id=0)
     for sample in range(3):
         sequence = np.concatenate([prompt, generated[sample, :lengths[sample]]])
@@ -82,8 +91,10 @@ def test_policy_windows_score_each_token_once_with_its_sampled_context():
     scored = []
     for ids, targets, index in policy_windows(prompts, generated, lengths, 6):
         for row in range(len(ids)):
-            for position in np.flatnonzero(targets[row] != IGNORE):
-                scored.append((int(index[row]), tuple(ids[row, : position + 1]), int(targets[row, position])))
+            first_target = ids.shape[1] - targets.shape[1]  # targets cover the last positions of the window
+            for column in np.flatnonzero(targets[row] != IGNORE):
+                position = first_target + column
+                scored.append((int(index[row]), tuple(ids[row, : position + 1]), int(targets[row, column])))
     expected = []
     for i, (prompt, row, n) in enumerate(zip(prompts, generated, lengths)):
         sequence = np.concatenate([prompt, row[:n]])
@@ -107,9 +118,9 @@ def test_a_batch_whose_weights_are_all_zero_gives_no_nan():
 def test_generate_with_prompts_of_different_lengths_matches_one_prompt_at_a_time():
     backend, model = NumpyBackend(), tiny_model()
     prompts = [np.array([1, 2]), np.array([3, 4, 5, 6, 7, 8, 1])]
-    together = generate(lambda ids: backend.predict(model, ids), prompts, 2, 6, 6, 0.0, None, None, stop_id=0)
+    together = generate(partial(backend.predict, model), prompts, 2, 6, 6, 0.0, None, None, stop_id=0)
     for index, prompt in enumerate(prompts):
-        alone = generate(lambda ids: backend.predict(model, ids), prompt, 2, 6, 6, 0.0, None, None, stop_id=0)
+        alone = generate(partial(backend.predict, model), prompt, 2, 6, 6, 0.0, None, None, stop_id=0)
         rows = slice(2 * index, 2 * index + 2)
         assert np.array_equal(together[1][rows], alone[1])
         for row_together, row_alone, n in zip(together[0][rows], alone[0], alone[1]):
@@ -137,14 +148,14 @@ def test_gradient_accumulated_in_pieces_equals_one_pass():
     prompts = [np.array([1, 2, 3, 4]), np.array([5, 6])]
     model = minigpt_np.TinyGPT(config, seed=0)
     model.eval()
-    generated, lengths, _ = generate(lambda ids: backend.predict(model, ids), prompts, 3, 7, 6, 0.9, 5,
+    generated, lengths, _ = generate(partial(backend.predict, model), prompts, 3, 7, 6, 0.9, 5,
                                      np.random.default_rng(0), stop_id=0)
     sample_prompts = [prompts[0]] * 3 + [prompts[1]] * 3
     per_sample = np.linspace(-1.0, 1.0, 6)
     results = []
     for max_rows in (None, 2):
         batches = policy_windows(sample_prompts, generated, lengths, 6, max_rows)
-        reference_logits = [backend.predict(reference, ids) for ids, _, _ in batches]
+        reference_logits = [backend.predict(reference, ids, targets.shape[1]) for ids, targets, _ in batches]
         loss, kl, entropy = accumulate_policy_gradient(backend, model, batches, reference_logits, per_sample,
                                                        0.9, 5, 0.1, 0.02)
         results.append((loss, np.sort(kl), np.sort(entropy), [p.grad.copy() for p in model.parameters()]))

@@ -307,10 +307,18 @@ def layer_norm(x, weight, bias, eps=1e-5):
     return Tensor.from_op(out, (x, weight, bias), backward)
 
 
+_DROPOUT_LEVELS = 1 << 16  # the mask's uniforms are 16-bit integers
+
+
 def dropout_mask(shape, p, rng, dtype):
     """The scaled keep-mask of inverted dropout: 1/(1-p) with probability 1-p, else 0.
-    (Uniforms in float32: half the random bits of float64, and steps of 2^-24 are fine for p.)"""
-    mask = (rng.random(shape, dtype=np.float32) >= p).astype(dtype)
+
+    Each entry draws u uniform on 0..65535 and is kept where u >= round(p * 65536): p is taken in
+    steps of 2^-16 (0.1 drops with probability 0.100006). 16-bit uniforms are a quarter of the
+    random bits of float32 ones and take a third of the time (the masks are a large share of a step).
+    """
+    keep = rng.integers(0, _DROPOUT_LEVELS, size=shape, dtype=np.uint16) >= round(p * _DROPOUT_LEVELS)
+    mask = keep.astype(dtype)
     mask *= 1.0 / (1.0 - p)
     return mask
 

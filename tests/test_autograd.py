@@ -149,3 +149,14 @@ def test_embedding_gradient_sums_repeated_ids():
     for position, token in np.ndenumerate(ids):
         expected[token] += upstream[position]
     np.testing.assert_allclose(weight.grad, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_dropout_mask_drops_a_fraction_p_and_scales_the_rest():
+    """Values 0 or 1/(1-p); over 2^20 draws the dropped fraction is within 5 standard deviations of p."""
+    n = 1 << 20
+    for p in (0.1, 0.5, 0.9):
+        mask = F.dropout_mask((n,), p, np.random.default_rng(3), np.float32)
+        assert mask.dtype == np.float32
+        assert set(np.unique(mask)) == {np.float32(0.0), np.float32(1.0 / (1.0 - p))}
+        dropped = np.mean(mask == 0)
+        assert abs(dropped - p) < 5 * np.sqrt(p * (1 - p) / n), (p, dropped)

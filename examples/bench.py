@@ -15,8 +15,10 @@ the embedded vocabulary):
 * step_gflop: the multiply-adds of one step (x2 flops), forward and backward (2x the forward);
   the share of the peak is step_gflop / step time / peak.
 * rl_step_ms: one RL step with the default settings (prompts x samples rollout, log-probabilities,
-  KL to the reference, update), median over --rl-steps steps of an untrained model (its answers run
-  to the length limit: the slowest case).
+  KL to the reference, update) from an untrained model, the mean over --rl-steps steps after a first
+  one. Its answers end wherever the newline happens to be drawn, so the steps differ in work; both
+  backends draw the same characters from the same uniforms (up to float32 rounding of a near tie),
+  so they do the same work: the mean answer length is printed beside each figure.
 * peak_rss_mb: the peak resident memory of the process that measured each figure (each
   measurement runs in its own process, so one backend's memory and threads never touch another's).
 
@@ -129,7 +131,9 @@ def rl_worker(backend_name, device, steps):
                                 progress=False, rl_steps=steps + 1, rl_eval_every=10**9)
         run, _ = rl_from_checkpoint(Path(folder) / "start", settings, notify=lambda message: None)
         seconds = run.metrics.series("rl", "step_seconds")[1][1:]  # the first step warms up
-    return {"ms": 1000 * float(np.median(seconds)), "prompts": settings.rl_prompts_per_step,
+        lengths = run.metrics.series("rl", "length_chars")[1][1:]
+    return {"ms": 1000 * float(np.mean(seconds)), "answer_chars": float(np.mean(lengths)),
+            "prompts": settings.rl_prompts_per_step,
             "samples": settings.rl_samples, "max_new_tokens": settings.max_new_tokens, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -170,7 +174,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per backend (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
-    parser.add_argument("--rl-steps", type=int, default=4, help="timed RL steps per backend (default 4)")
+    parser.add_argument("--rl-steps", type=int, default=6, help="timed RL steps per backend (default 6)")
     parser.add_argument("--no-rl", action="store_true", help="skip the RL step")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to add the torch backend on the GPU")
     parser.add_argument("--large-batch", type=int, default=512, help="the large batch of the GPU step (default 512)")
@@ -223,10 +227,10 @@ def main(argv=None):
           f"numpy float32 share of the matmul peak: {share:.0%} (target >= 33%)")
     if rl:
         first = next(iter(rl.values()))
-        print(f"\n{'RL step':<22}{'ms':>9}{'peak MB':>9}   ({first['prompts']} prompt x {first['samples']} samples, "
-              f"answers up to {first['max_new_tokens']} characters)")
+        print(f"\n{'RL step':<22}{'ms':>9}{'peak MB':>9}{'answer chars':>14}   ({first['prompts']} prompt x "
+              f"{first['samples']} samples, answers up to {first['max_new_tokens']} characters)")
         for name, figures in rl.items():
-            print(f"{name:<22}{figures['ms']:>9.0f}{figures['peak_rss_mb']:>9.0f}")
+            print(f"{name:<22}{figures['ms']:>9.0f}{figures['peak_rss_mb']:>9.0f}{figures['answer_chars']:>14.1f}")
         print(f"numpy / torch RL step time: {rl['numpy']['ms'] / rl['torch']['ms']:.2f} (target <= 1.5)")
     for name, figures in pipelines.items():
         stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in figures["stage_s"].items())

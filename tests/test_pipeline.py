@@ -197,3 +197,21 @@ def test_compare_rl_writes_a_table_and_a_plot(tmp_path, capsys):
         assert f"| {method.strip()} |" in table
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "rloo-beta0.1-seed1" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_bench_prints_the_table_and_writes_the_json(tmp_path, capsys):
+    """bench.py with one step of each kind: every figure the JSON promises is there and positive."""
+    bench = load_cli("bench")
+    out = tmp_path / "bench.json"
+    bench.main(["--steps", "1", "--warmup", "1", "--rl-steps", "1", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "numpy float32 / torch step time" in printed and "numpy / torch RL step time" in printed
+    result = json.loads(out.read_text())
+    assert set(result["train_step_ms"]) == {"numpy_float32", "numpy_float64", "torch"}
+    assert set(result["rl_step_ms"]) == {"numpy", "torch"}
+    figures = [*result["train_step_ms"].values(), *result["rl_step_ms"].values(), result["matmul_peak_gflops"],
+               result["step_gflop"], *result["peak_rss_mb"].values()]
+    assert all(value > 0 for value in figures), figures
+    assert result["device"] == "cpu"
+    assert all(v["answer_chars"] > 0 for v in result["details"]["rl"].values())

@@ -22,7 +22,10 @@ the embedded vocabulary):
 * peak_rss_mb: the peak resident memory of the process that measured each figure (each
   measurement runs in its own process, so one backend's memory and threads never touch another's).
 
-Figures depend on the machine and its load: compare only runs made on the same machine.
+Every measurement runs --rounds times (default 3), interleaved (numpy, torch, numpy, torch, ...), so
+that a slow spell of a shared machine falls on both backends alike; each figure is its median round
+(the matmul peak: the best round), and the ratios are also printed round by round. Figures depend on
+the machine and its load: compare only runs made on the same machine.
 """
 import argparse
 import json
@@ -162,6 +165,30 @@ def run_worker(kind, **kwargs):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def in_rounds(plan, rounds):
+    """Run every measurement of plan (name -> (worker, arguments)) ``rounds`` times, interleaved
+    (a b c, a b c, ...), so that a slow spell of a shared machine falls on all of them alike.
+    Each keeps its median round (the matmul peak: its best round), with every round's figure beside it."""
+    runs = {name: [] for name in plan}
+    for _ in range(rounds):
+        for name, (kind, kwargs) in plan.items():
+            runs[name].append(run_worker(kind, **kwargs))
+    chosen = {}
+    for name, results in runs.items():
+        if name == "matmul":
+            chosen[name] = {**max(results, key=lambda r: r["gflops"]), "rounds_gflops": [r["gflops"] for r in results]}
+            continue
+        median = sorted(results, key=lambda r: r["ms"])[(len(results) - 1) // 2]
+        chosen[name] = {**median, "rounds_ms": [r["ms"] for r in results],
+                        "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
+    return chosen
+
+
+def paired_ratios(numpy_figures, torch_figures):
+    """numpy / torch in each round (the two ran one after the other)."""
+    return ", ".join(f"{a / b:.2f}" for a, b in zip(numpy_figures["rounds_ms"], torch_figures["rounds_ms"]))
+
+
 # ---------------------------------------------------------------------------- the table
 def machine():
     import torch
@@ -172,9 +199,13 @@ def machine():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30, help="timed training steps per backend (default 30)")
+    parser.add_argument("--steps", type=int, default=30,
+                        help="timed training steps per backend and round (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
-    parser.add_argument("--rl-steps", type=int, default=6, help="timed RL steps per backend (default 6)")
+    parser.add_argument("--rl-steps", type=int, default=3, help="timed RL steps per backend and round (default 3)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="each measurement is repeated this many times, interleaved; the median round counts "
+                             "(default 3)")
     parser.add_argument("--no-rl", action="store_true", help="skip the RL step")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to add the torch backend on the GPU")
     parser.add_argument("--large-batch", type=int, default=512, help="the large batch of the GPU step (default 512)")
@@ -189,27 +220,31 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(WORKERS[args.worker](**json.loads(args.worker_args))))
         return
-    for name in ("steps", "rl_steps", "large_batch"):
+    for name in ("steps", "rl_steps", "large_batch", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
 
     print(f"machine: {machine()}")
-    matmul = run_worker("matmul", batch=BATCH)
     common = dict(device="cpu", batch=BATCH, steps=args.steps, warmup=args.warmup)
-    train = {"numpy_float32": run_worker("train", backend_name="numpy", dtype="float32", **common),
-             "numpy_float64": run_worker("train", backend_name="numpy", dtype="float64", **common),
-             "torch": run_worker("train", backend_name="torch", dtype="float32", **common)}
+    plan = {"matmul": ("matmul", dict(batch=BATCH)),
+            "numpy_float32": ("train", dict(backend_name="numpy", dtype="float32", **common)),
+            "numpy_float64": ("train", dict(backend_name="numpy", dtype="float64", **common)),
+            "torch": ("train", dict(backend_name="torch", dtype="float32", **common))}
     if args.device != "cpu":
         for batch in (BATCH, args.large_batch):
-            train[f"torch_{args.device}_b{batch}"] = run_worker(
-                "train", backend_name="torch", dtype="float32", device=args.device, batch=batch, steps=args.steps,
-                warmup=args.warmup)
-    rl = {}
+            plan[f"torch_{args.device}_b{batch}"] = ("train", dict(
+                backend_name="torch", dtype="float32", device=args.device, batch=batch, steps=args.steps,
+                warmup=args.warmup))
     if not args.no_rl:
-        rl = {"numpy": run_worker("rl", backend_name="numpy", device="cpu", steps=args.rl_steps),
-              "torch": run_worker("rl", backend_name="torch", device="cpu", steps=args.rl_steps)}
+        runs = [("numpy", "numpy", "cpu"), ("torch", "torch", "cpu")]
         if args.device != "cpu":
-            rl[f"torch_{args.device}"] = run_worker("rl", backend_name="torch", device=args.device, steps=args.rl_steps)
+            runs.append((f"torch_{args.device}", "torch", args.device))
+        for name, backend_name, device in runs:
+            plan[f"rl_{name}"] = ("rl", dict(backend_name=backend_name, device=device, steps=args.rl_steps))
+    measured = in_rounds(plan, args.rounds)
+    matmul = measured.pop("matmul")
+    rl = {name[len("rl_"):]: figures for name, figures in measured.items() if name.startswith("rl_")}
+    train = {name: figures for name, figures in measured.items() if not name.startswith("rl_")}
     pipelines = {name: run_worker("pipeline", backend_name=name, device="cpu" if name == "numpy" else args.device,
                                   scale=args.pipeline_scale) for name in args.pipeline}
 
@@ -223,7 +258,8 @@ def main(argv=None):
               f"{gflops / peak:>9.0%}{figures['peak_rss_mb']:>9.0f}")
     ratio = train["numpy_float32"]["ms"] / train["torch"]["ms"]
     share = train["numpy_float32"]["step_gflop"] / (train["numpy_float32"]["ms"] / 1000) / peak
-    print(f"numpy float32 / torch step time: {ratio:.2f} (target <= 1.0); "
+    print(f"numpy float32 / torch step time: {ratio:.2f} (target <= 1.0; round by round: "
+          f"{paired_ratios(train['numpy_float32'], train['torch'])}); "
           f"numpy float32 share of the matmul peak: {share:.0%} (target >= 33%)")
     if rl:
         first = next(iter(rl.values()))
@@ -231,7 +267,8 @@ def main(argv=None):
               f"{first['samples']} samples, answers up to {first['max_new_tokens']} characters)")
         for name, figures in rl.items():
             print(f"{name:<22}{figures['ms']:>9.0f}{figures['peak_rss_mb']:>9.0f}{figures['answer_chars']:>14.1f}")
-        print(f"numpy / torch RL step time: {rl['numpy']['ms'] / rl['torch']['ms']:.2f} (target <= 1.5)")
+        print(f"numpy / torch RL step time: {rl['numpy']['ms'] / rl['torch']['ms']:.2f} (target <= 1.5; "
+              f"round by round: {paired_ratios(rl['numpy'], rl['torch'])})")
     for name, figures in pipelines.items():
         stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in figures["stage_s"].items())
         print(f"\nseed pipeline, {name} ({figures['steps']}): {figures['wall_s']:.1f} s in all ({stages}); "

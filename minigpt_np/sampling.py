@@ -28,9 +28,11 @@ def generate(predict, prompts, n_samples, max_new_tokens, context_length, temper
     prompts: one id array, or a list of them (rows come out prompt by prompt).
     predict: (ids (N, T), last) -> the logits of the last ``last`` positions (N, last, V) as numpy,
     without gradients (``Backend.predict`` with its model); it is asked for the last position only.
-    Each step every sample sees its last context_length tokens (the crop); samples whose windows
-    have the same length share one forward (all of them, when the prompts have one length or the
-    windows are full). One uniform per sample per step, drawn in row order. temperature 0 is greedy.
+    Each step every unfinished sample sees its last context_length tokens (the crop); samples whose
+    windows have the same length share one forward (all of them, when the prompts have one length
+    or the windows are full); finished samples are left out. One uniform per sample per step, drawn
+    in row order (finished samples' too, so a sample's draws do not depend on the others'
+    lengths). temperature 0 is greedy.
     A sample ends at stop_id (kept as its last token) or after max_new_tokens.
     Returns (tokens (N, L) int64 padded with stop_id, lengths (N,), finished (N,) bool).
     """
@@ -48,19 +50,17 @@ def generate(predict, prompts, n_samples, max_new_tokens, context_length, temper
     for step in range(max_new_tokens):
         ends = prompt_lengths + step  # each row's current length
         starts = np.maximum(ends - context_length, 0)
-        logits = None
-        for window in np.unique(ends - starts):
-            rows = np.flatnonzero(ends - starts == window)
+        running = np.flatnonzero(~finished)  # finished samples need no forward: their token is stop_id
+        tokens = np.full(N, stop_id, dtype=np.int64)
+        uniforms = rng.random(N) if temperature != 0 else None  # for every row, so the draws stay aligned
+        for window in np.unique(ends[running] - starts[running]):
+            rows = running[ends[running] - starts[running] == window]
             batch = np.stack([sequences[r, starts[r]:ends[r]] for r in rows])  # (rows, window)
-            next_logits = predict(batch, 1)[:, -1]  # (rows, V)
-            if logits is None:
-                logits = np.empty((N, next_logits.shape[-1]), dtype=next_logits.dtype)
-            logits[rows] = next_logits
-        if temperature == 0:
-            tokens = logits.argmax(axis=-1)
-        else:
-            tokens = draw(next_token_probs(logits, temperature, top_k), rng.random(N))
-        tokens = np.where(finished, stop_id, tokens)
+            logits = predict(batch, 1)[:, -1]  # (rows, V)
+            if temperature == 0:
+                tokens[rows] = logits.argmax(axis=-1)
+            else:
+                tokens[rows] = draw(next_token_probs(logits, temperature, top_k), uniforms[rows])
         generated[:, step] = tokens
         sequences[np.arange(N), ends] = tokens
         lengths += ~finished

@@ -17,7 +17,7 @@ from minigpt_np.rl import (
     policy_windows,
     text_figures,
 )
-from minigpt_np.sampling import generate, next_token_probs
+from minigpt_np.sampling import draw, generate, next_token_probs
 
 
 def test_advantage_identities():
@@ -168,3 +168,37 @@ def test_gradient_accumulated_in_pieces_equals_one_pass():
     np.testing.assert_allclose(entropy_a, entropy_b, atol=1e-12)
     for a, b in zip(grads_a, grads_b):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_generate_matches_a_sample_by_sample_loop_and_forwards_only_unfinished_samples():
+    """The batched sampler against the plain loop (each sample, each step: its cropped window, its
+    own forward, its uniform), and one forward row per generated token: finished samples are left out."""
+    backend, model = NumpyBackend(), tiny_model()
+    rows_forwarded = []
+
+    def predict(ids, last):
+        rows_forwarded.append(len(ids))
+        return backend.predict(model, ids, last)
+
+    prompts = [np.array([1, 2, 3]), np.array([4, 5])]
+    tokens, lengths, finished = generate(predict, prompts, 4, 9, 6, 1.5, 6, np.random.default_rng(5), stop_id=0)
+
+    rng = np.random.default_rng(5)
+    sequences = [list(p) for p in prompts for _ in range(4)]
+    answers, done = [[] for _ in sequences], [False] * len(sequences)
+    for _ in range(9):
+        uniforms = rng.random(len(sequences))
+        for i, sequence in enumerate(sequences):
+            if done[i]:
+                continue
+            logits = backend.predict(model, np.array(sequence[-6:])[None], 1)[:, -1]
+            token = int(draw(next_token_probs(logits, 1.5, 6), uniforms[i:i + 1])[0])
+            answers[i].append(token)
+            sequence.append(token)
+            done[i] = token == 0
+        if all(done):
+            break
+    assert 0 < sum(done) < len(done)  # some samples stopped early, some ran to the limit: both paths are used
+    assert [list(row[:n]) for row, n in zip(tokens, lengths)] == answers
+    assert list(finished) == done
+    assert sum(rows_forwarded) == sum(len(a) for a in answers)

@@ -287,21 +287,23 @@ def layer_norm(x, weight, bias, eps=1e-5):
     (the two means remove the parts of the gradient that shifting or scaling the row cannot change).
     """
     a = x.data
-    mean = a.mean(axis=-1, keepdims=True)
-    centred = a - mean
-    rstd = 1.0 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + eps)
-    xhat = centred * rstd
-    out = xhat * weight.data + bias.data
+    C = a.shape[-1]
+    xhat = a - a.mean(axis=-1, keepdims=True)  # x - mu, made xhat in place below
+    variance = np.einsum("...i,...i->...", xhat, xhat)[..., None] / C  # mean((x - mu)^2): one pass, no square array
+    rstd = 1.0 / np.sqrt(variance + eps)
+    xhat *= rstd
+    out = xhat * weight.data
+    out += bias.data
 
     def backward(grad):
-        grad_xhat = grad * weight.data
-        grad_x = rstd * (
-            grad_xhat
-            - grad_xhat.mean(axis=-1, keepdims=True)
-            - xhat * (grad_xhat * xhat).mean(axis=-1, keepdims=True)
-        )
-        rows = (-1, a.shape[-1])
-        grad_w = (grad * xhat).reshape(rows).sum(axis=0)
+        grad_xhat = grad * weight.data  # gh
+        # d x = r * (gh - mean(gh) - xhat * mean(gh * xhat)), gathered in one array
+        grad_x = xhat * (np.einsum("...i,...i->...", grad_xhat, xhat)[..., None] / C)
+        grad_x += grad_xhat.mean(axis=-1, keepdims=True)
+        np.subtract(grad_xhat, grad_x, out=grad_x)
+        grad_x *= rstd
+        rows = (-1, C)
+        grad_w = np.einsum("ni,ni->i", grad.reshape(rows), xhat.reshape(rows))  # sum over rows of g * xhat
         grad_b = grad.reshape(rows).sum(axis=0)
         return grad_x, grad_w, grad_b
 

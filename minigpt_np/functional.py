@@ -174,20 +174,30 @@ def gelu(x):
 
 
 # ---------------------------------------------------------------------------- softmax family
+def sums_over(axis, *arrays):
+    """The sum over ``axis`` of the arrays' element-wise product (of one array: its sum), with the axis
+    kept at size 1. One einsum pass: several times quicker than np.sum over short rows (the
+    attention's rows are T long), and no product array is made."""
+    spec = ",".join("...i" for _ in arrays) + "->..."
+    return np.expand_dims(np.einsum(spec, *(np.moveaxis(a, axis, -1) for a in arrays)), axis)
+
+
 def softmax_array(a, axis=-1):
     """Numerically stable softmax of a numpy array; a row that is all -inf gives zeros, not NaN."""
     row_max = np.max(a, axis=axis, keepdims=True)
     row_max = np.where(np.isfinite(row_max), row_max, 0.0)  # a fully masked row has max -inf
     e = a - row_max
     np.exp(e, out=e)
-    total = np.sum(e, axis=axis, keepdims=True)
+    total = sums_over(axis, e)
     e /= np.where(total > 0, total, 1.0)
     return e
 
 
 def _softmax_backward(grad, out, axis=-1):
     """d x = out * (g - sum(g * out)) along axis, from the softmax's output (see ``softmax``)."""
-    return out * (grad - np.sum(grad * out, axis=axis, keepdims=True))
+    grad_x = grad - sums_over(axis, grad, out)
+    grad_x *= out
+    return grad_x
 
 
 def softmax(x, axis=-1):
@@ -206,7 +216,8 @@ def softmax(x, axis=-1):
 def log_softmax_array(a, axis=-1):
     """x_i - log sum_j exp(x_j) of a numpy array, as log-sum-exp with the max subtracted first."""
     shifted = a - np.max(a, axis=axis, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+    shifted -= np.log(sums_over(axis, np.exp(shifted)))
+    return shifted
 
 
 def log_softmax(x, axis=-1):
@@ -217,7 +228,7 @@ def log_softmax(x, axis=-1):
     out = log_softmax_array(x.data, axis)
 
     def backward(grad):
-        return (grad - np.exp(out) * np.sum(grad, axis=axis, keepdims=True),)
+        return (grad - np.exp(out) * sums_over(axis, grad),)
 
     return Tensor.from_op(out, (x,), backward)
 
@@ -289,7 +300,7 @@ def layer_norm(x, weight, bias, eps=1e-5):
     a = x.data
     C = a.shape[-1]
     xhat = a - a.mean(axis=-1, keepdims=True)  # x - mu, made xhat in place below
-    variance = np.einsum("...i,...i->...", xhat, xhat)[..., None] / C  # mean((x - mu)^2): one pass, no square array
+    variance = sums_over(-1, xhat, xhat) / C  # mean((x - mu)^2)
     rstd = 1.0 / np.sqrt(variance + eps)
     xhat *= rstd
     out = xhat * weight.data
@@ -298,7 +309,7 @@ def layer_norm(x, weight, bias, eps=1e-5):
     def backward(grad):
         grad_xhat = grad * weight.data  # gh
         # d x = r * (gh - mean(gh) - xhat * mean(gh * xhat)), gathered in one array
-        grad_x = xhat * (np.einsum("...i,...i->...", grad_xhat, xhat)[..., None] / C)
+        grad_x = xhat * (sums_over(-1, grad_xhat, xhat) / C)
         grad_x += grad_xhat.mean(axis=-1, keepdims=True)
         np.subtract(grad_xhat, grad_x, out=grad_x)
         grad_x *= rstd
@@ -499,7 +510,7 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
 
 
 __all__ = [
-    "erf_reference", "normal_cdf", "normal_cdf_reference", "gelu", "softmax", "softmax_array", "log_softmax",
+    "erf_reference", "normal_cdf", "normal_cdf_reference", "gelu", "sums_over", "softmax", "softmax_array", "log_softmax",
     "log_softmax_array", "masked_fill", "linear", "embedding", "layer_norm",
     "dropout", "dropout_mask", "causal_mask", "scaled_dot_product_attention", "attention_heads",
     "multi_head_attention",

@@ -86,14 +86,15 @@ def _cdf_taylor_table(degree, step):
 _CDF_TABLES = {dtype: _cdf_taylor_table(degree, step).astype(dtype) for dtype, (degree, step) in _CDF_TAYLOR.items()}
 
 
-def normal_cdf(x):
+def normal_cdf(x, out=None):
     """Phi(x) to the precision of x's float type, fast: a Taylor polynomial around the nearest grid point.
 
     x is clamped to [-8.5, 8.5] (Phi is 0 or 1 beyond). In grid steps, v = x / h; the nearest grid
     point is j = rint(v) and d = v - j (|d| <= 1/2; both exact, h being a power of 2);
     Phi(x) = sum_n c[n, j] d^n by Horner's rule, with the table c from ``_cdf_taylor_table`` (itself
     computed with ``erf_reference``; its column 0 is the grid point -8.5). NaN stays NaN. Non-float
-    input is computed in float64. (Each line is one pass over the array; most reuse an array.)
+    input is computed in float64. out: an array of x's shape to write Phi into. (Each line is one
+    pass over the array; most reuse an array.)
     """
     x = np.asarray(x)
     dtype = x.dtype if x.dtype in _CDF_TABLES else np.dtype(np.float64)
@@ -106,60 +107,53 @@ def normal_cdf(x):
         column = nearest.astype(np.intp)
     column += round(_CDF_GRID_END / step)  # grid point j sits in column j + 8.5 / h
     v -= nearest  # d
-    result = table[-1].take(column, mode="clip")
+    result = table[-1].take(column, mode="clip", out=None if out is None else out.reshape(column.shape))
     coefficient = np.empty_like(result)
     for n in range(table.shape[0] - 2, -1, -1):
         result *= v
         result += table[n].take(column, out=coefficient, mode="clip")
-    return result.reshape(x.shape)
+    return result.reshape(x.shape) if out is None else out
 
 
 _CHUNK = 1 << 16  # numbers per piece: a piece and its temporaries fit in a core's cache
 
 
-def in_pieces(fn, *arrays):
-    """fn(*arrays), computed on pieces of rows, for a function that treats each row on its own.
+def in_pieces(fn, arrays, outputs=1):
+    """An element-wise function computed piece by piece: fn(*input pieces, *output pieces) for
+    consecutive pieces of about _CHUNK numbers, fn writing its results into the output pieces.
 
-    A row is the last axis (single elements, for an element-wise function); all arrays share the
-    leading axes. A function made of many numpy passes (GELU: a dozen) reads and writes its whole
-    array once per pass; on pieces of about _CHUNK numbers every pass after the first finds its
-    data in cache. The numbers are exactly those of fn(*arrays): every row goes through the same
-    operations either way. Returns a tuple when fn returns one. (Pieces on several threads were
-    tried: on 2 cores they were no faster, since the BLAS threads still hold the cores.)
+    arrays: the inputs, all of one shape; the outputs are new arrays of that shape and the first
+    input's dtype. A function made of many numpy passes (GELU: a dozen) reads and writes its whole
+    array once per pass; on pieces every pass after the first finds its data in cache, and the
+    results go straight to their place. The numbers are exactly those of one call on the whole
+    arrays: every element goes through the same operations either way. Returns the output, or a
+    tuple of them. (Pieces on several threads were tried: on 2 cores they were no faster, since
+    the BLAS threads still hold the cores.)
     """
-    lead = arrays[0].shape[:-1]
-    rows = math.prod(lead)
-    step = max(1, _CHUNK // max(1, arrays[0].shape[-1]))
-    if rows <= 2 * step:
-        return fn(*arrays)
-    views = [a.reshape(rows, a.shape[-1]) for a in arrays]
-    outs = None
-    for start in range(0, rows, step):
-        results = fn(*(v[start:start + step] for v in views))
-        single = not isinstance(results, tuple)
-        results = (results,) if single else results
-        if outs is None:
-            outs = [np.empty((rows,) + r.shape[1:], dtype=r.dtype) for r in results]
-        for out, result in zip(outs, results):
-            out[start:start + step] = result
-    shaped = tuple(out.reshape(lead + out.shape[1:]) for out in outs)
-    return shaped[0] if single else shaped
+    results = [np.empty(arrays[0].shape, dtype=arrays[0].dtype) for _ in range(outputs)]
+    inputs = [np.ascontiguousarray(a).reshape(-1) for a in arrays]
+    flat_results = [r.reshape(-1) for r in results]
+    for start in range(0, inputs[0].size, _CHUNK):
+        piece = slice(start, start + _CHUNK)
+        fn(*(a[piece] for a in inputs), *(r[piece] for r in flat_results))
+    return results[0] if outputs == 1 else tuple(results)
 
 
-def _gelu_forward(a):
-    cdf = normal_cdf(a)  # Phi(a)
-    return a * cdf, cdf
+def _gelu_forward(a, out, cdf):
+    """out = a * Phi(a), keeping Phi(a) in cdf for the backward."""
+    normal_cdf(a, out=cdf)
+    np.multiply(a, cdf, out=out)
 
 
-def _gelu_backward(grad, a, cdf):
-    density = a * a
-    density *= -0.5
-    np.exp(density, out=density)
-    density *= 1.0 / math.sqrt(2.0 * math.pi)  # phi(a) = exp(-a^2 / 2) / sqrt(2 pi), in place
-    density *= a
-    density += cdf
-    density *= grad  # g * (Phi(a) + a phi(a))
-    return density
+def _gelu_backward(grad, a, cdf, grad_a):
+    """grad_a = g * (Phi(a) + a phi(a)), with phi(a) = exp(-a^2 / 2) / sqrt(2 pi), built in grad_a."""
+    np.multiply(a, a, out=grad_a)
+    grad_a *= -0.5
+    np.exp(grad_a, out=grad_a)
+    grad_a *= 1.0 / math.sqrt(2.0 * math.pi)  # phi(a)
+    grad_a *= a
+    grad_a += cdf
+    grad_a *= grad
 
 
 def gelu(x):
@@ -169,8 +163,8 @@ def gelu(x):
     (``_gelu_forward`` and ``_gelu_backward`` hold the formulas; ``in_pieces`` runs them in pieces.)
     """
     a = x.data
-    out, cdf = in_pieces(_gelu_forward, a)
-    return Tensor.from_op(out, (x,), lambda grad: (in_pieces(_gelu_backward, grad, a, cdf),))
+    out, cdf = in_pieces(_gelu_forward, [a], outputs=2)
+    return Tensor.from_op(out, (x,), lambda grad: (in_pieces(_gelu_backward, [grad, a, cdf]),))
 
 
 # ---------------------------------------------------------------------------- softmax family
@@ -179,6 +173,8 @@ def sums_over(axis, *arrays):
     kept at size 1. One einsum pass: several times quicker than np.sum over short rows (the
     attention's rows are T long), and no product array is made."""
     spec = ",".join("...i" for _ in arrays) + "->..."
+    if axis in (-1, arrays[0].ndim - 1):
+        return np.einsum(spec, *arrays)[..., None]
     return np.expand_dims(np.einsum(spec, *(np.moveaxis(a, axis, -1) for a in arrays)), axis)
 
 

@@ -118,23 +118,22 @@ def test_load_state_dict_errors_name_the_problem():
 
 
 def test_work_in_pieces_gives_the_same_numbers():
-    """GELU runs in pieces of rows (functional.in_pieces): bit-for-bit the whole-array results,
-    forward and backward, for element-wise and row-wise functions."""
+    """GELU runs in pieces (functional.in_pieces), writing into its outputs: bit for bit the
+    results of one call on the whole arrays, forward and backward, and normal_cdf's out= too."""
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
-        a = (rng.standard_normal(3 * F._CHUNK + 17) * 3).astype(dtype).reshape(-1, 1)
+        a = (rng.standard_normal((3 * F._CHUNK + 17) // 7 * 7) * 3).astype(dtype).reshape(-1, 7)
         grad = rng.standard_normal(a.shape).astype(dtype)
-        out, cdf = F._gelu_forward(a)
-        pieces_out, pieces_cdf = F.in_pieces(F._gelu_forward, a)
+        out, cdf, grad_a = np.empty_like(a), np.empty_like(a), np.empty_like(a)
+        F._gelu_forward(a, out, cdf)  # one call on everything
+        F._gelu_backward(grad, a, cdf, grad_a)
+        pieces_out, pieces_cdf = F.in_pieces(F._gelu_forward, [a], outputs=2)
         assert pieces_out.dtype == dtype and pieces_out.shape == a.shape
         np.testing.assert_array_equal(pieces_out, out)
         np.testing.assert_array_equal(pieces_cdf, cdf)
-        np.testing.assert_array_equal(F.in_pieces(F._gelu_backward, grad, a, cdf), F._gelu_backward(grad, a, cdf))
-        scores = rng.standard_normal((20, 3, 70, 70)).astype(dtype) * 4  # 4200 rows of 70 numbers: 5 pieces
-        weights = F.softmax_array(scores)
-        np.testing.assert_array_equal(F.in_pieces(F.softmax_array, scores), weights)
-        np.testing.assert_array_equal(F.in_pieces(F._softmax_backward, scores, weights),
-                                      F._softmax_backward(scores, weights))
+        np.testing.assert_array_equal(F.in_pieces(F._gelu_backward, [grad, a, cdf]), grad_a)
+        np.testing.assert_array_equal(cdf, F.normal_cdf(a))
+        np.testing.assert_array_equal(out, a * F.normal_cdf(a))
 
 
 def test_embedding_gradient_sums_repeated_ids():

@@ -26,7 +26,9 @@ class TorchBackend(Backend):
         return model.to(self.device)
 
     def create_optimizer(self, model, lr, weight_decay):
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        # fused: the whole update in one kernel per device and dtype (on a GPU, instead of several
+        # launches per parameter); the same AdamW, checked against the numpy one by the parity tests.
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
 
     def set_training(self, model, training):
         model.train(training)
@@ -112,7 +114,7 @@ class TorchBackend(Backend):
             if step == 0:
                 continue
             optimizer.state[param] = {
-                "step": torch.tensor(float(step)),
+                "step": torch.tensor(float(step), dtype=torch.float32, device=param.device),  # fused: on the device
                 "exp_avg": torch.as_tensor(arrays[f"exp_avg.{name}"], device=param.device).to(param.dtype).clone(),
                 "exp_avg_sq": torch.as_tensor(arrays[f"exp_avg_sq.{name}"], device=param.device).to(param.dtype).clone(),
             }

@@ -70,9 +70,13 @@ def test_sample_script_reads_checkpoints_of_either_backend(tmp_path, capsys, bac
     assert "is not a checkpoint" in capsys.readouterr().err
 
 
-def interrupt_at(monkeypatch, call_number):
+def interrupt_at(monkeypatch, call_number, backend="numpy"):
     """Send a real SIGINT (as Ctrl-C does) during the given optimizer step."""
-    original = backend_module.NumpyBackend.optimizer_step
+    if backend == "numpy":
+        backend_class = backend_module.NumpyBackend
+    else:
+        from minigpt_torch.backend import TorchBackend as backend_class
+    original = backend_class.optimizer_step
     calls = {"n": 0}
 
     def optimizer_step(self, *args):
@@ -81,14 +85,16 @@ def interrupt_at(monkeypatch, call_number):
             os.kill(os.getpid(), signal.SIGINT)
         return original(self, *args)
 
-    monkeypatch.setattr(backend_module.NumpyBackend, "optimizer_step", optimizer_step)
+    monkeypatch.setattr(backend_class, "optimizer_step", optimizer_step)
 
 
-def test_ctrl_c_saves_and_resume_matches_an_unbroken_run(tmp_path, monkeypatch):
-    common = dict(backend="numpy", runs_dir=str(tmp_path), **TINY)
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_ctrl_c_saves_and_resume_matches_an_unbroken_run(tmp_path, monkeypatch, backend):
+    """Both backends: the weights, AdamW's moments and steps, and the stage state come back exactly."""
+    common = dict(backend=backend, runs_dir=str(tmp_path), **TINY)
     run_pipeline(settings_for("quick", name="unbroken", **common), notify=lambda m: None)
 
-    interrupt_at(monkeypatch, 5)  # during pretraining step 5: the step finishes, is saved, the run stops
+    interrupt_at(monkeypatch, 5, backend)  # during pretraining step 5: the step finishes, is saved, the run stops
     with pytest.raises(StageInterrupted, match="stopped at step 5 of 8.*--resume"):
         run_pipeline(settings_for("quick", name="broken", **common), notify=lambda m: None)
     saved = json.loads((tmp_path / "broken" / "pretrain" / "checkpoint.json").read_text())

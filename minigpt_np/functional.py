@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from .autograd import Tensor, as_tensor
+from .autograd import Tensor, as_tensor, is_grad_enabled
 
 # ---------------------------------------------------------------------------- erf and GELU
 _ERF_SERIES_TERMS = 32  # enough for |x| < 2 to float64 rounding (parity_tests/test_ops.py checks)
@@ -145,6 +145,12 @@ def _gelu_forward(a, out, cdf):
     np.multiply(a, cdf, out=out)
 
 
+def _gelu_value(a, out):
+    """out = a * Phi(a), with no Phi(a) kept (no backward will need it)."""
+    normal_cdf(a, out=out)
+    out *= a
+
+
 def _gelu_backward(grad, a, cdf, grad_a):
     """grad_a = g * (Phi(a) + a phi(a)), with phi(a) = exp(-a^2 / 2) / sqrt(2 pi), built in grad_a."""
     np.multiply(a, a, out=grad_a)
@@ -163,6 +169,8 @@ def gelu(x):
     (``_gelu_forward`` and ``_gelu_backward`` hold the formulas; ``in_pieces`` runs them in pieces.)
     """
     a = x.data
+    if not (is_grad_enabled() and x.requires_grad):  # sampling and evaluation: no backward will come
+        return Tensor(in_pieces(_gelu_value, [a]))
     out, cdf = in_pieces(_gelu_forward, [a], outputs=2)
     return Tensor.from_op(out, (x,), lambda grad: (in_pieces(_gelu_backward, [grad, a, cdf]),))
 

@@ -134,6 +134,9 @@ def test_work_in_pieces_gives_the_same_numbers():
         np.testing.assert_array_equal(F.in_pieces(F._gelu_backward, [grad, a, cdf]), grad_a)
         np.testing.assert_array_equal(cdf, F.normal_cdf(a))
         np.testing.assert_array_equal(out, a * F.normal_cdf(a))
+        np.testing.assert_array_equal(F.in_pieces(F._gelu_value, [a]), out)  # the no-grad path
+        with minigpt_np.no_grad():
+            np.testing.assert_array_equal(F.gelu(Tensor(a, requires_grad=True)).data, out)
 
 
 def test_embedding_gradient_sums_repeated_ids():

@@ -420,18 +420,17 @@ def attention_heads(qkv, n_heads, causal=True, dropout_p=0.0, training=False, rn
 
     def backward(grad):
         grad_heads = grad.reshape(B, Tq, n_heads, D).transpose(0, 2, 1, 3)  # (B, H, Tq, D)
-        grad_v = dropped.transpose(0, 1, 3, 2) @ grad_heads  # dv = Pd^T g
+        grad_qkv = np.empty((B, T, 3, n_heads, D), dtype=grad.dtype)  # packed as qkv
+        grad_q, grad_k, grad_v = grad_qkv.transpose(2, 0, 3, 1, 4)  # (B, H, T, D) views into it
+        np.matmul(dropped.transpose(0, 1, 3, 2), grad_heads, out=grad_v)  # dv = Pd^T g
         grad_weights = grad_heads @ v.transpose(0, 1, 3, 2)  # (B, H, Tq, T)
         if mask is not None:
             grad_weights *= mask
         grad_scores = _softmax_backward(grad_weights, weights)  # dS
         grad_scores *= scale
-        grad_qkv = np.empty((B, T, 3, n_heads, D), dtype=grad.dtype)  # packed as qkv
-        grad_q, grad_k, grad_v_slot = grad_qkv.transpose(2, 0, 3, 1, 4)  # (B, H, T, D) views into it
         grad_q[:, :, :first] = 0.0
         np.matmul(grad_scores, k, out=grad_q[:, :, first:])  # dq = s dS k (s is already in grad_scores)
         np.matmul(grad_scores.transpose(0, 1, 3, 2), q, out=grad_k)  # dk = s dS^T q
-        grad_v_slot[...] = grad_v
         return (grad_qkv.reshape(B, T, C3),)
 
     return Tensor.from_op(out, (qkv,), backward)

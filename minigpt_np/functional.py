@@ -99,8 +99,7 @@ def normal_cdf(x, out=None):
     x = np.asarray(x)
     dtype = x.dtype if x.dtype in _CDF_TABLES else np.dtype(np.float64)
     table, step = _CDF_TABLES[dtype], _CDF_TAYLOR[dtype][1]
-    v = np.minimum(np.atleast_1d(x).astype(dtype, copy=False), _CDF_GRID_END)  # NaN stays NaN
-    np.maximum(v, -_CDF_GRID_END, out=v)
+    v = np.clip(np.atleast_1d(x).astype(dtype, copy=False), -_CDF_GRID_END, _CDF_GRID_END)  # NaN stays NaN
     v *= 1.0 / step
     nearest = np.rint(v)
     with np.errstate(invalid="ignore"):  # NaN has no integer: its column is arbitrary, its d NaN

@@ -180,7 +180,7 @@ def accumulate_policy_gradient(backend, model, batches, reference_logits, sample
         kl, entropy = kl_and_entropy(backend.numpy(logits)[counted], reference[counted])
         token_kl.append(kl)
         token_entropy.append(entropy)
-        weights = np.where(counted, sample_weights[index][:, None], 0.0)  # (rows, T)
+        weights = np.where(counted, sample_weights[index][:, None], 0.0)  # (rows, L)
         part = backend.weighted_nll(logits, targets, weights, temperature, top_k)
         if kl_weight or entropy_weight:
             part = part + backend.kl_entropy(logits, reference, counted * kl_weight, counted * entropy_weight)

@@ -51,10 +51,11 @@ def generate(predict, prompts, n_samples, max_new_tokens, context_length, temper
         ends = prompt_lengths + step  # each row's current length
         starts = np.maximum(ends - context_length, 0)
         running = np.flatnonzero(~finished)  # finished samples need no forward: their token is stop_id
+        widths = (ends - starts)[running]  # each running sample's window length
         tokens = np.full(N, stop_id, dtype=np.int64)
         uniforms = rng.random(N) if temperature != 0 else None  # for every row, so the draws stay aligned
-        for window in np.unique(ends[running] - starts[running]):
-            rows = running[ends[running] - starts[running] == window]
+        for window in np.unique(widths):
+            rows = running[widths == window]
             batch = np.stack([sequences[r, starts[r]:ends[r]] for r in rows])  # (rows, window)
             logits = predict(batch, 1)[:, -1]  # (rows, V)
             if temperature == 0:

@@ -27,7 +27,8 @@ class TorchBackend(Backend):
 
     def create_optimizer(self, model, lr, weight_decay):
         # fused: the whole update in one kernel per device and dtype (on a GPU, instead of several
-        # launches per parameter); the same AdamW, checked against the numpy one by the parity tests.
+        # launches per parameter); the same AdamW: the whole-pipeline parity test (both backends'
+        # create_optimizer) and the resume test cover it.
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
 
     def set_training(self, model, training):

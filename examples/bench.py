@@ -93,7 +93,7 @@ def train_worker(backend_name, dtype, device, batch, steps, warmup):
         weights = np.full(targets.shape, 1.0 / targets.size)
         started = time.perf_counter()
         loss = backend.weighted_nll(backend.forward(model, inputs), targets, weights)
-        backend.optimizer_step(model, optimizer, loss, 1.0)  # returns the norm as a number: a sync point
+        backend.read([backend.optimizer_step(model, optimizer, loss, 1.0)])  # waits for the step to finish
         if step >= warmup:
             times.append(time.perf_counter() - started)
     ms = 1000 * float(np.median(times))

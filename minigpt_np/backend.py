@@ -65,15 +65,22 @@ class Backend:
         raise NotImplementedError
 
     def optimizer_step(self, model, optimizer, loss, max_grad_norm):
-        """Backward from loss, clip the global gradient norm, step, clear grads. Returns the norm.
-        loss None: the gradients were already accumulated with ``backward``."""
+        """Backward from loss, clip the global gradient norm, step, clear grads. Returns the norm
+        before clipping as a value handle for ``read``. loss None: the gradients were already
+        accumulated with ``backward``."""
         raise NotImplementedError
 
     def predict(self, model, ids, last=None):
         """Logits as a numpy array, without recording a graph (evaluation and sampling); last as in forward."""
         raise NotImplementedError
 
-    def item(self, loss):
+    def loss_value(self, loss):
+        """The loss's value as a handle for ``read``, without waiting for it (a GPU computes ahead)."""
+        raise NotImplementedError
+
+    def read(self, values):
+        """The numbers behind value handles (from ``loss_value``, ``optimizer_step``, or plain numbers),
+        as a list of floats, read all at once: on a GPU, one wait for the device instead of one each."""
         raise NotImplementedError
 
     def numpy(self, logits):
@@ -179,8 +186,11 @@ class NumpyBackend(Backend):
         with no_grad():
             return model(ids, last).data
 
-    def item(self, loss):
-        return float(loss.item())
+    def loss_value(self, loss):
+        return float(loss.item())  # numpy computes at once: the value is already there
+
+    def read(self, values):
+        return [float(value) for value in values]
 
     def numpy(self, logits):
         return logits.data

@@ -16,7 +16,8 @@ made after the stage ended, the same for every stage):
     reward_mean, reward_std, reward/<component>   RL rewards of the step's samples
     heldout_reward_mean   mean reward of samples for the held-out prompts
     grad_norm     global gradient norm before clipping
-    step_seconds  wall-clock time of the step (batch or rollout, loss, backward, update; no evaluation)
+    step_seconds  wall-clock time of a step (batch or rollout, loss, backward, update; no evaluation),
+                  the mean over the steps since the previous logged one
     length_chars  mean length of the sampled answers in characters
 """
 import json

@@ -124,6 +124,12 @@ def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_
     evaluate() -> figures, every eval_every steps and at the end.
     state: a dict of plain numbers the stage carries from step to step (saved and restored with it).
     Returns (figures of the last evaluation, wall time of the stage in seconds).
+
+    Each step's loss and gradient norm stay with the backend (``loss_value``, ``optimizer_step``) and
+    are read in one batch (``read``) at the steps that log, evaluate or save, and on Ctrl-C: on a GPU
+    every read waits for the device to finish its queue, so reading every step would hold the GPU to
+    the host's pace. The NaN guard checks every step's values when they are read, so it stops the
+    stage up to log_every - 1 steps after a bad one; nothing is saved in between (a save reads first).
     """
     backend, model = run.backend, run.model
     optimizer = backend.create_optimizer(model, settings.lr, settings.weight_decay)
@@ -139,10 +145,24 @@ def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_
         run.notify(f"{stage}: resuming at step {start} of {settings.steps}")
     run.metrics.truncate_after(stage, start)
     saved_step = start
+    unread = []  # (step, figures, {name: value handle}) of the steps whose values are not read yet
+    timing = {"seconds": 0.0, "steps": 0}  # the training steps since the last logged one (no evaluation)
+
+    def read_values():
+        """Read the unread steps' loss and gradient norm with one backend.read; stop at the first non-finite one."""
+        numbers = iter(backend.read([value for _, _, values in unread for value in values.values()]))
+        for step, figures, values in unread:
+            figures.update({name: next(numbers) for name in values})
+            for name, what in ((loss_name, "loss"), ("grad_norm", "gradient norm")):
+                if not math.isfinite(figures[name]):
+                    raise TrainingDiverged(f"{stage}: the {what} became {figures[name]} at step {step}; stopped, "
+                                           f"the last good checkpoint (step {saved_step}) is kept")
+        unread.clear()
 
     with _CtrlC() as ctrl_c, _progress_bar(run, stage, settings.steps, start) as bar:
         for step in range(start + 1, settings.steps + 1):
             if ctrl_c.requested:
+                read_values()  # a NaN among them: TrainingDiverged, and nothing is saved
                 run.save(stage, step - 1, False, optimizer, last_eval, {"wall_time": wall_time, "stage_state": state})
                 raise StageInterrupted(f"{stage}: stopped at step {step - 1} of {settings.steps} and saved to "
                                        f"{run.stage_folder(stage)}; run again with --resume to continue")
@@ -150,26 +170,28 @@ def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_
             rng = np.random.default_rng([run.seed, STAGES.index(stage), step])
             backend.seed_dropout(model, int(rng.integers(2**62)))
             loss, figures = make_loss(rng)  # loss None: make_loss accumulated the gradients and logged the value
-            if loss is not None:
-                figures[loss_name] = backend.item(loss)
-            if not math.isfinite(figures[loss_name]):
-                raise TrainingDiverged(f"{stage}: the loss became {figures[loss_name]} at step {step}; stopped "
-                                       f"before updating, the last good checkpoint (step {saved_step}) is kept")
-            figures["grad_norm"] = backend.optimizer_step(model, optimizer, loss, settings.max_grad_norm)
-            if not math.isfinite(figures["grad_norm"]):
-                raise TrainingDiverged(f"{stage}: the gradient norm became {figures['grad_norm']} at step {step}; "
-                                       f"the last good checkpoint (step {saved_step}) is kept")
-            if step == 1 or step % settings.log_every == 0 or step == settings.steps:
-                figures["step_seconds"] = time.perf_counter() - started  # sampling, loss and update
+            values = {} if loss is None else {loss_name: backend.loss_value(loss)}
+            values["grad_norm"] = backend.optimizer_step(model, optimizer, loss, settings.max_grad_norm)
+            unread.append((step, figures, values))
+            logs = step == 1 or step % settings.log_every == 0 or step == settings.steps
+            evaluates = evaluate is not None and (step % settings.eval_every == 0 or step == settings.steps)
+            saves = bool(settings.checkpoint_every) and step % settings.checkpoint_every == 0 and step < settings.steps
+            if logs or evaluates or saves:
+                read_values()  # also waits for the device: the steps' work is done after it
+            timing["seconds"] += time.perf_counter() - started
+            timing["steps"] += 1
+            if logs:
+                figures["step_seconds"] = timing["seconds"] / timing["steps"]  # sampling, loss and update
+                timing.update(seconds=0.0, steps=0)
                 run.metrics.log(stage, step, **figures)
-            if evaluate is not None and (step % settings.eval_every == 0 or step == settings.steps):
+                bar.set_postfix({k: f"{v:.3f}" for k, v in {**figures, **last_eval}.items()
+                                 if k in (loss_name, "val_loss", "answer_loss", "reward_mean")})
+            if evaluates:
                 last_eval = evaluate()
                 run.metrics.log(stage, step, **last_eval)
             wall_time += time.perf_counter() - started  # the step and its evaluation
             bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in {**figures, **last_eval}.items()
-                             if k in (loss_name, "val_loss", "answer_loss", "reward_mean")})
-            if settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < settings.steps:
+            if saves:
                 run.save(stage, step, False, optimizer, last_eval, {"wall_time": wall_time, "stage_state": state})
                 saved_step = step
     return last_eval, wall_time

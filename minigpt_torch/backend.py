@@ -6,7 +6,7 @@ import torch.nn.functional as TF
 from minigpt_np.backend import IGNORE, Backend, keep_freed_memory
 from minigpt_np.model import TinyGPT as NumpyTinyGPT
 
-from .model import TinyGPT, load_numpy_state_dict, numpy_state_dict
+from .model import TinyGPT, load_numpy_state_dict, numpy_state_dict, to_device
 
 
 class TorchBackend(Backend):
@@ -38,10 +38,10 @@ class TorchBackend(Backend):
         torch.manual_seed(seed)
 
     def _tensor(self, array):
-        return torch.as_tensor(np.asarray(array), device=self.device)
+        return to_device(array, self.device)
 
     def forward(self, model, ids, last=None):
-        return model(self._tensor(ids), last)
+        return model(np.asarray(ids), last)  # the model checks the ids on the host, then copies them
 
     def weighted_nll(self, logits, targets, weights, temperature=1.0, top_k=None):
         if temperature != 1.0:
@@ -77,14 +77,19 @@ class TorchBackend(Backend):
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm.detach()  # a tensor on the device: read later, with the others
 
     def predict(self, model, ids, last=None):
         with torch.no_grad():
-            return model(self._tensor(ids), last).cpu().numpy()
+            return model(np.asarray(ids), last).cpu().numpy()
 
-    def item(self, loss):
-        return float(loss.item())
+    def loss_value(self, loss):
+        return loss.detach()
+
+    def read(self, values):
+        tensors = [value.detach().reshape(()).to(torch.float64) for value in values if isinstance(value, torch.Tensor)]
+        numbers = iter(torch.stack(tensors).cpu().tolist() if tensors else [])  # one copy to the host
+        return [next(numbers) if isinstance(value, torch.Tensor) else float(value) for value in values]
 
     def numpy(self, logits):
         return logits.detach().cpu().numpy()

@@ -2,6 +2,7 @@
 
 Its ``state_dict`` keys are the reference names that minigpt_np's TinyGPT mirrors.
 """
+import numpy as np
 import torch
 from torch import nn
 
@@ -33,8 +34,8 @@ class TinyGPT(nn.Module):
         last: the logits of the last ``last`` positions only, (B, last, V), with the final encoder
         layer run at those positions (``final_layer_at_last_positions``); the earlier layers run as usual.
         """
-        if not isinstance(ids, torch.Tensor):
-            ids = torch.as_tensor(check_ids(ids, self.config), device=self.lm_head.weight.device)
+        if not isinstance(ids, torch.Tensor):  # checked here, on the host, before the copy to the device
+            ids = to_device(check_ids(ids, self.config), self.lm_head.weight.device)
         else:
             check_ids(ids.detach().cpu().numpy(), self.config)
         T = ids.shape[1]
@@ -50,6 +51,16 @@ class TinyGPT(nn.Module):
                 x = layer(x, src_mask=mask, is_causal=True)
             x = final_layer_at_last_positions(final, x, mask[T - last:])  # (B, last, C)
         return self.lm_head(self.ln_f(x))  # (B, T or last, V)
+
+
+def to_device(array, device):
+    """A numpy array as a tensor on device. To a GPU it is copied from page-locked ("pinned") memory
+    without waiting: a copy from ordinary memory would first wait for the GPU to finish all its work."""
+    array = np.asarray(array)
+    tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def final_layer_at_last_positions(layer, x, mask):

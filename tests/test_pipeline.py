@@ -1,6 +1,7 @@
 """The pipeline end to end (cut down to seconds), resume, Ctrl-C, NaN, and one-line errors."""
 import importlib.util
 import json
+import math
 import os
 import signal
 from pathlib import Path
@@ -114,14 +115,16 @@ def test_ctrl_c_saves_and_resume_matches_an_unbroken_run(tmp_path, monkeypatch, 
 
 
 def test_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    original = backend_module.NumpyBackend.item
+    """A NaN loss at step 6 (read in a batch at step 8, the end) stops the stage; the step-4 checkpoint stays."""
+    original = backend_module.NumpyBackend.weighted_nll
     calls = {"n": 0}
 
-    def item(self, loss):
+    def weighted_nll(self, *args, **kwargs):
         calls["n"] += 1
-        return float("nan") if calls["n"] == 6 else original(self, loss)
+        loss = original(self, *args, **kwargs)
+        return loss * float("nan") if calls["n"] == 6 else loss
 
-    monkeypatch.setattr(backend_module.NumpyBackend, "item", item)
+    monkeypatch.setattr(backend_module.NumpyBackend, "weighted_nll", weighted_nll)
     settings = settings_for("quick", backend="numpy", runs_dir=str(tmp_path), name="nan",
                             **{**TINY, "checkpoint_every": 4})
     with pytest.raises(TrainingDiverged, match="loss became nan at step 6.*checkpoint \\(step 4\\) is kept"):
@@ -130,6 +133,33 @@ def test_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(tmp_path, m
     assert kept["step"] == 4
     weights = load_file(str(tmp_path / "nan" / "pretrain" / "model.safetensors"))
     assert all(np.isfinite(v).all() for v in weights.values())
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_losses_are_read_in_batches_at_the_logged_steps(tmp_path, monkeypatch, backend):
+    """The loop reads the loss and gradient norm of all steps, but only at steps that log, evaluate or save:
+    here 1, 4 (checkpoint) and 8 (the end) of 8 pretraining steps."""
+    backend_class = backend_module.NumpyBackend
+    if backend == "torch":
+        from minigpt_torch.backend import TorchBackend as backend_class
+    original, reads = backend_class.read, []
+
+    def read(self, values):
+        numbers = original(self, values)
+        reads.append(numbers)
+        return numbers
+
+    monkeypatch.setattr(backend_class, "read", read)
+    settings = settings_for("quick", backend=backend, runs_dir=str(tmp_path), name="run",
+                            **{**TINY, "checkpoint_every": 4, "sft_steps": 1, "rl_steps": 1})
+    run_pipeline(settings, notify=lambda m: None)
+    pretrain_reads = reads[:3]
+    assert [len(numbers) for numbers in pretrain_reads] == [2, 2 * 3, 2 * 4]  # (loss, norm) per step
+    logged = [r for r in records(tmp_path / "run") if r["stage"] == "pretrain" and "train_loss" in r]
+    assert [r["step"] for r in logged] == [1, 8]
+    assert [r["train_loss"] for r in logged] == [pretrain_reads[0][0], pretrain_reads[2][-2]]
+    assert [r["grad_norm"] for r in logged] == [pretrain_reads[0][1], pretrain_reads[2][-1]]
+    assert all(math.isfinite(n) and n > 0 for numbers in pretrain_reads for n in numbers)
 
 
 def cli_error(capsys, *argv):

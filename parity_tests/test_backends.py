@@ -112,3 +112,41 @@ def test_whole_pipeline_runs_agree(tmp_path):
         theirs = [r[name] for r in records["torch"] if name in r]
         assert ours, name
         check({name: np.array(ours)}, {name: np.array(theirs)}, "float64", "trajectory", "pipeline", scope="training")
+
+
+def test_torch_training_steps_read_nothing_back_until_read():
+    """On a GPU every number read from a device tensor (``.item()``, ``float(t)``: the op
+    aten._local_scalar_dense) makes the host wait for the device. The torch backend's training steps
+    read none; ``read`` then copies all their losses and norms to the host in one batch. Checked on the
+    CPU by counting the ops torch dispatches; the values are the ones an immediate read gives."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from minigpt_np.config import GPTConfig
+
+    class CountOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func)
+            return func(*args, **(kwargs or {}))
+
+    backend = TorchBackend("cpu")
+    config = GPTConfig(vocab_size=20, d_model=16, n_layers=2, n_heads=2, context_length=8, dropout=0.1)
+    model = backend.create_model(config, 0)
+    optimizer = backend.create_optimizer(model, 1e-3, 0.01)
+    backend.set_training(model, True)
+    ids = np.random.default_rng(0).integers(0, 20, (4, 9))
+    handles = []
+    with CountOps() as steps:
+        for _ in range(3):
+            loss = backend.weighted_nll(backend.forward(model, ids[:, :-1]), ids[:, 1:], np.full((4, 8), 1 / 32))
+            handles += [backend.loss_value(loss), backend.optimizer_step(model, optimizer, loss, 1.0)]
+    assert len(steps.ops) > 100 and torch.ops.aten._local_scalar_dense.default not in steps.ops
+    immediate = [float(handle) for handle in handles]
+    with CountOps() as reading:
+        numbers = backend.read(handles)
+    assert reading.ops.count(torch.ops.aten.stack.default) == 1  # one tensor of all the numbers, one copy
+    assert numbers == immediate and len(set(numbers)) == 6

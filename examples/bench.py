@@ -223,6 +223,12 @@ def main(argv=None):
     for name in ("steps", "rl_steps", "large_batch", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.device != "cpu":  # a device that is not there: say so now, not after the CPU measurements
+        from minigpt_np.backend import get_backend
+        try:
+            get_backend("torch", args.device)
+        except ValueError as error:
+            parser.error(str(error))
 
     print(f"machine: {machine()}")
     common = dict(device="cpu", batch=BATCH, steps=args.steps, warmup=args.warmup)

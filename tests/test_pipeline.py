@@ -251,3 +251,12 @@ def test_bench_prints_the_table_and_writes_the_json(tmp_path, capsys):
     assert all(value > 0 for value in figures), figures
     assert result["device"] == "cpu"
     assert all(v["answer_chars"] > 0 for v in result["details"]["rl"].values())
+
+
+def test_bench_refuses_a_missing_gpu_before_measuring(capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(SystemExit) as stopped:
+        load_cli("bench").main(["--device", "cuda"])
+    assert stopped.value.code == 2 and "sees no CUDA GPU" in capsys.readouterr().err

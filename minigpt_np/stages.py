@@ -147,6 +147,7 @@ def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_
     saved_step = start
     unread = []  # (step, figures, {name: value handle}) of the steps whose values are not read yet
     timing = {"seconds": 0.0, "steps": 0}  # the training steps since the last logged one (no evaluation)
+    shown = {}  # the last logged step's figures, for the progress bar
 
     def read_values():
         """Read the unread steps' loss and gradient norm with one backend.read; stop at the first non-finite one."""
@@ -184,11 +185,13 @@ def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_
                 figures["step_seconds"] = timing["seconds"] / timing["steps"]  # sampling, loss and update
                 timing.update(seconds=0.0, steps=0)
                 run.metrics.log(stage, step, **figures)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in {**figures, **last_eval}.items()
-                                 if k in (loss_name, "val_loss", "answer_loss", "reward_mean")})
+                shown = figures
             if evaluates:
                 last_eval = evaluate()
                 run.metrics.log(stage, step, **last_eval)
+            if logs or evaluates:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in {**shown, **last_eval}.items()
+                                 if k in (loss_name, "val_loss", "answer_loss", "reward_mean")})
             wall_time += time.perf_counter() - started  # the step and its evaluation
             bar.update(1)
             if saves:

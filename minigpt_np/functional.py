@@ -126,8 +126,8 @@ def in_pieces(fn, arrays, outputs=1):
     array once per pass; on pieces every pass after the first finds its data in cache, and the
     results go straight to their place. The numbers are exactly those of one call on the whole
     arrays: every element goes through the same operations either way. Returns the output, or a
-    tuple of them. (Pieces on several threads were tried: on 2 cores they were no faster, since
-    the BLAS threads still hold the cores.)
+    tuple of them. (Pieces on several threads were tried: on this project's 2 cores they were no
+    faster, alone or inside a training step.)
     """
     results = [np.empty(arrays[0].shape, dtype=arrays[0].dtype) for _ in range(outputs)]
     inputs = [np.ascontiguousarray(a).reshape(-1) for a in arrays]

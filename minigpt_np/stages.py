@@ -146,7 +146,7 @@ def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_
     run.metrics.truncate_after(stage, start)
     saved_step = start
     unread = []  # (step, figures, {name: value handle}) of the steps whose values are not read yet
-    timing = {"seconds": 0.0, "steps": 0}  # the training steps since the last logged one (no evaluation)
+    block_seconds, block_steps = 0.0, 0  # the training steps since the last logged one (no evaluation)
     shown = {}  # the last logged step's figures, for the progress bar
 
     def read_values():
@@ -179,11 +179,11 @@ def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_
             saves = bool(settings.checkpoint_every) and step % settings.checkpoint_every == 0 and step < settings.steps
             if logs or evaluates or saves:
                 read_values()  # also waits for the device: the steps' work is done after it
-            timing["seconds"] += time.perf_counter() - started
-            timing["steps"] += 1
+            block_seconds += time.perf_counter() - started
+            block_steps += 1
             if logs:
-                figures["step_seconds"] = timing["seconds"] / timing["steps"]  # sampling, loss and update
-                timing.update(seconds=0.0, steps=0)
+                figures["step_seconds"] = block_seconds / block_steps  # sampling, loss and update
+                block_seconds, block_steps = 0.0, 0
                 run.metrics.log(stage, step, **figures)
                 shown = figures
             if evaluates:

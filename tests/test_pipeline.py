@@ -71,13 +71,17 @@ def test_sample_script_reads_checkpoints_of_either_backend(tmp_path, capsys, bac
     assert "is not a checkpoint" in capsys.readouterr().err
 
 
+def backend_class(backend):
+    """The class of the backend called ``backend``, to patch its methods."""
+    if backend == "numpy":
+        return backend_module.NumpyBackend
+    from minigpt_torch.backend import TorchBackend
+    return TorchBackend
+
+
 def interrupt_at(monkeypatch, call_number, backend="numpy"):
     """Send a real SIGINT (as Ctrl-C does) during the given optimizer step."""
-    if backend == "numpy":
-        backend_class = backend_module.NumpyBackend
-    else:
-        from minigpt_torch.backend import TorchBackend as backend_class
-    original = backend_class.optimizer_step
+    original = backend_class(backend).optimizer_step
     calls = {"n": 0}
 
     def optimizer_step(self, *args):
@@ -86,7 +90,7 @@ def interrupt_at(monkeypatch, call_number, backend="numpy"):
             os.kill(os.getpid(), signal.SIGINT)
         return original(self, *args)
 
-    monkeypatch.setattr(backend_class, "optimizer_step", optimizer_step)
+    monkeypatch.setattr(backend_class(backend), "optimizer_step", optimizer_step)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
@@ -139,17 +143,14 @@ def test_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(tmp_path, m
 def test_losses_are_read_in_batches_at_the_logged_steps(tmp_path, monkeypatch, backend):
     """The loop reads the loss and gradient norm of all steps, but only at steps that log, evaluate or save:
     here 1, 4 (checkpoint) and 8 (the end) of 8 pretraining steps."""
-    backend_class = backend_module.NumpyBackend
-    if backend == "torch":
-        from minigpt_torch.backend import TorchBackend as backend_class
-    original, reads = backend_class.read, []
+    original, reads = backend_class(backend).read, []
 
     def read(self, values):
         numbers = original(self, values)
         reads.append(numbers)
         return numbers
 
-    monkeypatch.setattr(backend_class, "read", read)
+    monkeypatch.setattr(backend_class(backend), "read", read)
     settings = settings_for("quick", backend=backend, runs_dir=str(tmp_path), name="run",
                             **{**TINY, "checkpoint_every": 4, "sft_steps": 1, "rl_steps": 1})
     run_pipeline(settings, notify=lambda m: None)

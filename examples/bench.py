@@ -52,8 +52,8 @@ def peak_rss_mb():
 def default_setup():
     """The embedded corpus, its vocabulary and the default model configuration."""
     from minigpt_np.config import GPTConfig
-    from minigpt_np.data import load_corpus, load_sft_pairs
-    from minigpt_np.pipeline import build_tokenizer, settings_for
+    from minigpt_np.train.data import load_corpus, load_sft_pairs
+    from minigpt_np.train.pipeline import build_tokenizer, settings_for
     corpus = load_corpus("embedded")
     tokenizer = build_tokenizer(corpus, load_sft_pairs())
     s = settings_for("seed")
@@ -77,8 +77,8 @@ def step_gflop(config, batch):
 # ---------------------------------------------------------------------------- workers (one process each)
 def train_worker(backend_name, dtype, device, batch, steps, warmup):
     import dataclasses
-    from minigpt_np.backend import get_backend
-    from minigpt_np.data import random_windows
+    from minigpt_np.train.backend import get_backend
+    from minigpt_np.train.data import random_windows
     corpus, tokenizer, config = default_setup()
     config = dataclasses.replace(config, dtype=dtype)
     backend = get_backend(backend_name, device)
@@ -122,9 +122,9 @@ def _timed(fn):
 
 
 def rl_worker(backend_name, device, steps):
-    from minigpt_np.backend import get_backend
-    from minigpt_np.checkpoint import save_checkpoint
-    from minigpt_np.pipeline import rl_from_checkpoint, settings_for
+    from minigpt_np.train.backend import get_backend
+    from minigpt_np.train.checkpoint import save_checkpoint
+    from minigpt_np.train.pipeline import rl_from_checkpoint, settings_for
     _, tokenizer, config = default_setup()
     with tempfile.TemporaryDirectory() as folder:
         backend = get_backend(backend_name, device)
@@ -141,7 +141,7 @@ def rl_worker(backend_name, device, steps):
 
 
 def pipeline_worker(backend_name, device, scale):
-    from minigpt_np.pipeline import run_pipeline, settings_for
+    from minigpt_np.train.pipeline import run_pipeline, settings_for
     base = settings_for("seed")
     steps = {f"{stage}_steps": max(1, round(getattr(base, f"{stage}_steps") * scale)) for stage in ("pretrain", "sft", "rl")}
     with tempfile.TemporaryDirectory() as folder:
@@ -224,7 +224,7 @@ def main(argv=None):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.device != "cpu":  # a device that is not there: say so now, not after the CPU measurements
-        from minigpt_np.backend import get_backend
+        from minigpt_np.train.backend import get_backend
         try:
             get_backend("torch", args.device)
         except ValueError as error:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from minigpt_np.checkpoint import CheckpointError
-from minigpt_np.pipeline import RL_INSTRUCTION, rl_from_checkpoint, settings_for
-from minigpt_np.rl import ADVANTAGES
-from minigpt_np.stages import sample_answers
+from minigpt_np.train.checkpoint import CheckpointError
+from minigpt_np.train.pipeline import RL_INSTRUCTION, rl_from_checkpoint, settings_for
+from minigpt_np.train.rl import ADVANTAGES
+from minigpt_np.train.stages import sample_answers
 
 
 def run_settings(checkpoint, args, advantage, kl_coef, seed, name):

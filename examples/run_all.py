@@ -10,9 +10,9 @@ import argparse
 import dataclasses
 import sys
 
-from minigpt_np.pipeline import PRESETS, PipelineSettings, run_pipeline, settings_for
-from minigpt_np.report import summary_rows, text_table
-from minigpt_np.stages import StageInterrupted, TrainingDiverged
+from minigpt_np.train.pipeline import PRESETS, PipelineSettings, run_pipeline, settings_for
+from minigpt_np.train.report import summary_rows, text_table
+from minigpt_np.train.stages import StageInterrupted, TrainingDiverged
 
 
 def build_parser():

@@ -9,10 +9,10 @@ from functools import partial
 
 import numpy as np
 
-from minigpt_np.backend import get_backend
-from minigpt_np.checkpoint import CheckpointError, load_checkpoint
-from minigpt_np.data import format_prompt
-from minigpt_np.sampling import generate
+from minigpt_np.train.backend import get_backend
+from minigpt_np.train.checkpoint import CheckpointError, load_checkpoint
+from minigpt_np.train.data import format_prompt
+from minigpt_np.train.sampling import generate
 
 
 def main(argv=None):

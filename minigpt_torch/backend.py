@@ -1,9 +1,9 @@
-"""The torch side of the Backend interface (see minigpt_np/backend.py for the contract)."""
+"""The torch side of the Backend interface (see minigpt_np/train/backend.py for the contract)."""
 import numpy as np
 import torch
 import torch.nn.functional as TF
 
-from minigpt_np.backend import IGNORE, Backend, keep_freed_memory
+from minigpt_np.train.backend import IGNORE, Backend, keep_freed_memory
 from minigpt_np.model import TinyGPT as NumpyTinyGPT
 
 from .model import TinyGPT, load_numpy_state_dict, numpy_state_dict, to_device

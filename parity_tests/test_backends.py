@@ -5,11 +5,12 @@ from functools import partial
 import numpy as np
 import pytest
 
-from minigpt_np.backend import NumpyBackend, top_k_mask
-from minigpt_np.data import IGNORE
-from minigpt_np.pipeline import run_pipeline, settings_for
-from minigpt_np.rl import ADVANTAGES, advantages, policy_windows
-from minigpt_np.sampling import generate
+from minigpt_np.train.backend import NumpyBackend
+from minigpt_np.train.sampling import top_k_mask
+from minigpt_np.train.data import IGNORE
+from minigpt_np.train.pipeline import run_pipeline, settings_for
+from minigpt_np.train.rl import ADVANTAGES, advantages, policy_windows
+from minigpt_np.train.sampling import generate
 from minigpt_torch.backend import TorchBackend
 from parity_tests.helpers import check
 from parity_tests.test_model import twin_models

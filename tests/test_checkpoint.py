@@ -8,8 +8,8 @@ from safetensors.numpy import load_file
 
 import minigpt_np
 import minigpt_torch
-from minigpt_np.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from minigpt_np.tokenizer import CharTokenizer
+from minigpt_np.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minigpt_np.train.tokenizer import CharTokenizer
 
 CONFIG = minigpt_np.GPTConfig(vocab_size=12, d_model=16, n_layers=2, n_heads=2, context_length=8)
 TOKENIZER = CharTokenizer(list("abcdefghij\n"))

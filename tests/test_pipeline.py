@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from minigpt_np import backend as backend_module
-from minigpt_np.pipeline import RunFolderError, run_pipeline, settings_for
-from minigpt_np.stages import StageInterrupted, TrainingDiverged
+from minigpt_np.train import backend as backend_module
+from minigpt_np.train.pipeline import RunFolderError, run_pipeline, settings_for
+from minigpt_np.train.stages import StageInterrupted, TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(d_model=16, n_heads=2, context_length=32, batch_size=4, pretrain_steps=8, pretrain_eval_every=4,

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from minigpt_np.rewards import original_reward, score
+from minigpt_np.train.rewards import original_reward, score
 
 
 def test_original_reward_components():

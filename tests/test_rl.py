@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 import minigpt_np
-from minigpt_np.backend import NumpyBackend
-from minigpt_np.data import IGNORE
-from minigpt_np.rewards import original_reward
-from minigpt_np.rl import (
+from minigpt_np.train.backend import NumpyBackend
+from minigpt_np.train.data import IGNORE
+from minigpt_np.train.rewards import original_reward
+from minigpt_np.train.rl import (
     RLSettings,
     advantages,
     degenerate_answer,
@@ -17,7 +17,7 @@ from minigpt_np.rl import (
     policy_windows,
     text_figures,
 )
-from minigpt_np.sampling import draw, generate, next_token_probs
+from minigpt_np.train.sampling import draw, generate, next_token_probs
 
 
 def test_advantage_identities():
@@ -138,9 +138,9 @@ def test_diversity_figures_and_the_degenerate_answer():
 def test_gradient_accumulated_in_pieces_equals_one_pass():
     """accumulate_policy_gradient over pieces of 2 windows gives the loss and every gradient of
     the unpieced windows (the pieces' gradients add up), with KL and entropy terms on."""
-    from minigpt_np.backend import NumpyBackend
-    from minigpt_np.rl import accumulate_policy_gradient
-    from minigpt_np.sampling import generate
+    from minigpt_np.train.backend import NumpyBackend
+    from minigpt_np.train.rl import accumulate_policy_gradient
+    from minigpt_np.train.sampling import generate
     backend = NumpyBackend()
     config = minigpt_np.GPTConfig(vocab_size=9, d_model=8, n_layers=1, n_heads=2, context_length=6, dtype="float64")
     reference = minigpt_np.TinyGPT(config, seed=1)

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minigpt_np import data
-from minigpt_np.data import DataError
-from minigpt_np.tokenizer import UNKNOWN, CharTokenizer
+from minigpt_np.train import data
+from minigpt_np.train.data import DataError
+from minigpt_np.train.tokenizer import UNKNOWN, CharTokenizer
 
 WIKITEXT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2-raw"
 needs_wikitext = pytest.mark.skipif(not (WIKITEXT_DIR / "valid.txt").exists(),

@@ -15,14 +15,16 @@ answer tokens 1/(number of answer tokens) and instruction tokens 0, and REINFORC
 sampled token by its advantage.
 """
 import ctypes
+import importlib
 
 import numpy as np
 
-from . import functional as F
-from .autograd import Tensor, no_grad
+from .. import functional as F
+from ..autograd import Tensor, no_grad
+from ..model import TinyGPT
+from ..optim import AdamW, clip_grad_norm_
 from .data import IGNORE
-from .model import TinyGPT
-from .optim import AdamW, clip_grad_norm_
+from .sampling import top_k_mask
 
 
 class Backend:
@@ -102,15 +104,6 @@ class Backend:
         raise NotImplementedError
 
 
-def top_k_mask(logits, k):
-    """True where a logit is below the k-th largest of its row: those tokens can never be sampled.
-    Ties with the k-th largest are kept. k None (or >= V) keeps everything."""
-    if k is None or k >= logits.shape[-1]:
-        return np.zeros(logits.shape, dtype=bool)
-    kth_largest = np.partition(logits, -k, axis=-1)[..., -k:].min(axis=-1, keepdims=True)
-    return logits < kth_largest
-
-
 def keep_freed_memory():
     """Let the C allocator keep large freed blocks for reuse (Linux with glibc; elsewhere nothing).
 
@@ -132,7 +125,9 @@ def keep_freed_memory():
 class NumpyBackend(Backend):
     name = "numpy"
 
-    def __init__(self):
+    def __init__(self, device="cpu"):
+        if device != "cpu":
+            raise ValueError(f"the numpy backend runs on the CPU only, not on device {device!r}")
         keep_freed_memory()
 
     def create_model(self, config, seed):
@@ -216,19 +211,19 @@ class NumpyBackend(Backend):
             optimizer.steps[index] = int(steps[f"steps.{name}"])
 
 
-BACKENDS = ("numpy", "torch")
+# The backends by name, each as "module:class", imported only when asked for: minigpt_np never imports
+# minigpt_torch (it must run where torch is not installed), and minigpt_torch imports this module.
+BACKENDS = {"numpy": "minigpt_np.train.backend:NumpyBackend", "torch": "minigpt_torch.backend:TorchBackend"}
 
 
 def get_backend(name, device="cpu"):
-    """The backend called ``name`` ("numpy" or "torch"), or a ValueError that says what exists."""
-    if name == "numpy":
-        if device != "cpu":
-            raise ValueError(f"the numpy backend runs on the CPU only, not on device {device!r}")
-        return NumpyBackend()
-    if name == "torch":
-        try:
-            from minigpt_torch.backend import TorchBackend
-        except ImportError as error:
-            raise ValueError(f"the torch backend needs PyTorch: pip install -e '.[torch]' ({error})") from None
-        return TorchBackend(device)
-    raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    """The backend called ``name`` (a key of BACKENDS), or a ValueError that says what exists."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    module_name, class_name = BACKENDS[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"the {name} backend needs a package that is not installed: {error} "
+                         f"(for torch: pip install -e '.[torch]')") from None
+    return getattr(module, class_name)(device)

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..functional import log_softmax_array
 from .data import IGNORE, format_prompt
-from .functional import log_softmax_array
 from .rewards import score
 from .sampling import generate
 from .stages import reward_figures, train_loop

@@ -5,8 +5,16 @@ draw the same tokens, which makes sampling itself parity-testable.
 """
 import numpy as np
 
-from .backend import top_k_mask
-from .functional import softmax_array
+from ..functional import softmax_array
+
+
+def top_k_mask(logits, k):
+    """True where a logit is below the k-th largest of its row: those tokens can never be sampled.
+    Ties with the k-th largest are kept. k None (or >= V) keeps everything."""
+    if k is None or k >= logits.shape[-1]:
+        return np.zeros(logits.shape, dtype=bool)
+    kth_largest = np.partition(logits, -k, axis=-1)[..., -k:].min(axis=-1, keepdims=True)
+    return logits < kth_largest
 
 
 def next_token_probs(logits, temperature, top_k):

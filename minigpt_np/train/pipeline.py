@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import GPTConfig
 from .backend import get_backend
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import GPTConfig
 from .data import (check_corpus, format_example, format_prompt, load_corpus, load_sft_pairs, split_pairs)
 from .metrics import MetricsLog
 from .report import write_plots, write_report

@@ -19,7 +19,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from .config import GPTConfig
+from ..config import GPTConfig
 from .tokenizer import CharTokenizer
 
 FORMAT_VERSION = 1

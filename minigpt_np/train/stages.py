@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import functional as F
-from .autograd import Tensor
+from .. import functional as F
+from ..autograd import Tensor
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import IGNORE, evaluation_windows, format_prompt, random_windows, sft_batch
 from .rewards import score

@@ -9,8 +9,10 @@ complete (summed over all its uses) before its closure runs. Leaves that require
 (the parameters) *accumulate* into ``.grad``, as in PyTorch: call ``zero_grad()`` between steps.
 
 The elementary operations (arithmetic, matmul, reshape, indexing, reductions) live here as
-methods; the neural-network operations live in ``functional.py``.
+methods; the neural-network operations live in ``functional.py``. Every tensor records the op that
+made it (``t.op``); ``graph(t)`` prints the graph that ``t.backward()`` will walk.
 """
+import sys
 from contextlib import contextmanager
 
 import numpy as np
@@ -52,21 +54,25 @@ class Tensor:
 
     data: the numpy array. grad: a numpy array of the same shape, or None until backward() fills it
     (only for tensors created with ``requires_grad=True``: the leaves, i.e. parameters).
+    op: the name of the operation that made it ("leaf" for one made directly); name: an optional
+    label (a model's parameters carry their state_dict names).
     """
 
-    def __init__(self, data, requires_grad=False, parents=(), backward_fn=None):
+    def __init__(self, data, requires_grad=False, parents=(), backward_fn=None, op="leaf", name=None):
         self.data = data if isinstance(data, np.ndarray) else np.asarray(data)
         self.grad = None
         self.requires_grad = requires_grad
+        self.op = op
+        self.name = name
         self._parents = parents
         self._backward_fn = backward_fn
 
     @classmethod
-    def from_op(cls, data, parents, backward_fn):
-        """The output of an operation: it tracks a gradient iff some parent does (and grad is on)."""
+    def from_op(cls, data, parents, backward_fn, op):
+        """The output of operation ``op``: it tracks a gradient iff some parent does (and grad is on)."""
         if _grad_enabled and any(p.requires_grad for p in parents):
-            return cls(data, requires_grad=True, parents=parents, backward_fn=backward_fn)
-        return cls(data)
+            return cls(data, requires_grad=True, parents=parents, backward_fn=backward_fn, op=op)
+        return cls(data, op=op)
 
     # ---------------------------------------------------------------- basics
     @property
@@ -85,7 +91,8 @@ class Tensor:
         return len(self.data)
 
     def __repr__(self):
-        return f"Tensor(shape={self.shape}, dtype={self.dtype}, requires_grad={self.requires_grad})"
+        name = f", name={self.name!r}" if self.name else ""
+        return f"Tensor(op={self.op}{name}, shape={self.shape}, dtype={self.dtype}, requires_grad={self.requires_grad})"
 
     def numpy(self):
         return self.data
@@ -160,7 +167,7 @@ class Tensor:
             return (unbroadcast(grad, a_shape) if a_needs else None,
                     unbroadcast(grad, b_shape) if b_needs else None)
 
-        return Tensor.from_op(self.data + other.data, (self, other), backward)
+        return Tensor.from_op(self.data + other.data, (self, other), backward, "add")
 
     __radd__ = __add__
 
@@ -184,19 +191,21 @@ class Tensor:
             return (unbroadcast(grad * b, a.shape) if a_needs else None,
                     unbroadcast(grad * a, b.shape) if b_needs else None)
 
-        return Tensor.from_op(a * b, (self, other), backward)
+        return Tensor.from_op(a * b, (self, other), backward, "mul")
 
     __rmul__ = __mul__
 
     def __truediv__(self, other):
-        """out = a / b = a * (1/b); for a tensor b, d b = -g * a / b^2."""
+        """out = a / b (broadcasting). d a = unbroadcast(g / b), d b = unbroadcast(-g * a / b^2)."""
         other = as_tensor(other, self.dtype)
         a, b = self.data, other.data
+        a_needs, b_needs = self.requires_grad, other.requires_grad
 
         def backward(grad):
-            return unbroadcast(grad / b, a.shape), unbroadcast(-grad * a / (b * b), b.shape)
+            return (unbroadcast(grad / b, a.shape) if a_needs else None,
+                    unbroadcast(-grad * a / (b * b), b.shape) if b_needs else None)
 
-        return Tensor.from_op(a / b, (self, other), backward)
+        return Tensor.from_op(a / b, (self, other), backward, "div")
 
     def __rtruediv__(self, other):
         return as_tensor(other, self.dtype) / self
@@ -216,17 +225,17 @@ class Tensor:
             grad_b = np.swapaxes(a, -1, -2) @ grad
             return unbroadcast(grad_a, a.shape), unbroadcast(grad_b, b.shape)
 
-        return Tensor.from_op(a @ b, (self, other), backward)
+        return Tensor.from_op(a @ b, (self, other), backward, "matmul")
 
     def exp(self):
         """out = exp(a); d a = g * out."""
         out = np.exp(self.data)
-        return Tensor.from_op(out, (self,), lambda grad: (grad * out,))
+        return Tensor.from_op(out, (self,), lambda grad: (grad * out,), "exp")
 
     def log(self):
         """out = log(a); d a = g / a."""
         a = self.data
-        return Tensor.from_op(np.log(a), (self,), lambda grad: (grad / a,))
+        return Tensor.from_op(np.log(a), (self,), lambda grad: (grad / a,), "log")
 
     # ---------------------------------------------------------------- shape
     def reshape(self, *shape):
@@ -234,7 +243,7 @@ class Tensor:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         in_shape = self.shape
-        return Tensor.from_op(self.data.reshape(shape), (self,), lambda grad: (grad.reshape(in_shape),))
+        return Tensor.from_op(self.data.reshape(shape), (self,), lambda grad: (grad.reshape(in_shape),), "reshape")
 
     def transpose(self, *axes):
         """Permute axes (all of them, like numpy's transpose); the gradient is permuted back."""
@@ -242,7 +251,7 @@ class Tensor:
             axes = tuple(axes[0])
         axes = axes or tuple(reversed(range(self.ndim)))
         inverse = tuple(np.argsort(axes))
-        return Tensor.from_op(self.data.transpose(axes), (self,), lambda grad: (grad.transpose(inverse),))
+        return Tensor.from_op(self.data.transpose(axes), (self,), lambda grad: (grad.transpose(inverse),), "transpose")
 
     def __getitem__(self, index):
         """out = a[index]. d a is zero except where the index read, where g is added.
@@ -264,7 +273,7 @@ class Tensor:
                 np.add.at(grad_a, index, grad)
             return (grad_a,)
 
-        return Tensor.from_op(a[index], (self,), backward)
+        return Tensor.from_op(a[index], (self,), backward, "index")
 
     # ---------------------------------------------------------------- reductions
     def sum(self, axis=None, keepdims=False):
@@ -276,7 +285,7 @@ class Tensor:
                 grad = np.expand_dims(grad, axis)
             return (np.broadcast_to(grad, a_shape).copy(),)
 
-        return Tensor.from_op(np.asarray(self.data.sum(axis=axis, keepdims=keepdims)), (self,), backward)
+        return Tensor.from_op(np.asarray(self.data.sum(axis=axis, keepdims=keepdims)), (self,), backward, "sum")
 
     def mean(self, axis=None, keepdims=False):
         """out = sum / count; d a = g / count broadcast back."""
@@ -288,4 +297,21 @@ def as_tensor(value, dtype=None):
     """A Tensor as it is, or a constant Tensor (no gradient) holding a number or array."""
     if isinstance(value, Tensor):
         return value
-    return Tensor(np.asarray(value, dtype=dtype))
+    return Tensor(np.asarray(value, dtype=dtype), op="constant")
+
+
+def graph(tensor, file=None):
+    """Print the graph behind ``tensor`` top-down, in the order ``tensor.backward()`` visits it: one node
+    a line, numbered, with its op, shape, dtype and the numbers of its parents that carry a gradient
+    (``+ n constant`` counts the others). Leaves show their name when they have one (parameters do)."""
+    file = file or sys.stdout
+    order = list(reversed(tensor._topological_order())) if tensor.requires_grad else [tensor]
+    number = {id(node): index for index, node in enumerate(order)}
+    labels = [node.op + (f" {node.name}" if node.name else "") for node in order]
+    width = max(len(label) for label in labels)
+    for index, (node, label) in enumerate(zip(order, labels)):
+        tracked = [f"#{number[id(p)]}" for p in node._parents if id(p) in number]
+        constants = len(node._parents) - len(tracked)
+        inputs = ", ".join(tracked) + (f"{' + ' if tracked else ''}{constants} constant" if constants else "")
+        arrow = f"  <- {inputs}" if inputs else ""
+        print(f"#{index:<4} {label:<{width}}  {str(node.shape):<14} {node.dtype}{arrow}", file=file)

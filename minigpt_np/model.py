@@ -8,23 +8,31 @@ Every encoder layer attends causally: position t sees positions 0..t only.
 import numpy as np
 
 from .config import GPTConfig
-from .nn import Embedding, LayerNorm, Linear, Module, TransformerEncoder, TransformerEncoderLayer
+from .nn import Embedding, LayerNorm, Linear, Module, TransformerEncoder, TransformerEncoderLayer, kernels as kernels_named
 
 
 class TinyGPT(Module):
-    def __init__(self, config: GPTConfig, seed=None):
-        """seed: initialises the weights and, separately, the dropout masks of training."""
+    def __init__(self, config: GPTConfig, seed=None, kernels="fast"):
+        """seed: initialises the weights and, separately, the dropout masks of training.
+
+        kernels: the form of the ops the model runs: "fast" (``fast.py``, for training) or "plain"
+        (``functional.py``, the reading text), or your own object with the functions of
+        ``nn.KERNEL_OPS`` (see ``nn.mixed_kernels``). The weights do not depend on it, and it is not
+        part of the config: a checkpoint made with one form loads into the other.
+        """
         super().__init__()
         self.config = config
+        self.kernels = kernels
+        ops = kernels_named(kernels) if isinstance(kernels, str) else kernels
         init_rng, dropout_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
         self._dropout_rng = dropout_rng
         dtype = config.np_dtype
         C = config.d_model
-        self.token_embed = Embedding(config.vocab_size, C, rng=init_rng, dtype=dtype)
-        self.pos_embed = Embedding(config.context_length, C, rng=init_rng, dtype=dtype)
+        self.token_embed = Embedding(config.vocab_size, C, rng=init_rng, dtype=dtype, ops=ops)
+        self.pos_embed = Embedding(config.context_length, C, rng=init_rng, dtype=dtype, ops=ops)
         layers = [
             TransformerEncoderLayer(C, config.n_heads, config.d_ff, config.dropout,
-                                    rng=init_rng, dropout_rng=dropout_rng, dtype=dtype)
+                                    rng=init_rng, dropout_rng=dropout_rng, dtype=dtype, ops=ops)
             for _ in range(config.n_layers)
         ]
         # torch.nn.TransformerEncoder deep-copies one layer n_layers times, so every layer starts
@@ -33,8 +41,10 @@ class TinyGPT(Module):
         for layer in layers[1:]:
             layer.load_state_dict(first)
         self.transformer = TransformerEncoder(layers)
-        self.ln_f = LayerNorm(C, dtype=dtype)
-        self.lm_head = Linear(C, config.vocab_size, bias=False, rng=init_rng, dtype=dtype)
+        self.ln_f = LayerNorm(C, dtype=dtype, ops=ops)
+        self.lm_head = Linear(C, config.vocab_size, bias=False, rng=init_rng, dtype=dtype, ops=ops)
+        for name, parameter in self.named_parameters():
+            parameter.name = name  # shown by autograd.graph
 
     def seed_dropout(self, seed):
         """Restart the dropout masks' random stream (all dropout layers share one generator)."""

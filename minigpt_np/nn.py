@@ -7,21 +7,44 @@ names and their order are the ones torch's ``state_dict()`` gives for the same m
 Initialisation follows torch's defaults: Linear weights and biases uniform in +-1/sqrt(fan_in),
 Embedding N(0, 1), LayerNorm ones and zeros, the packed attention projection Xavier-uniform with a
 zero bias, the attention output bias zero.
+
+Every module that computes takes ``ops``: the module of ops it calls, ``functional`` (the plain
+forms) or ``fast`` (their twins). ``kernels(name)`` gives the one of that name; anything else with
+the functions of ``KERNEL_OPS`` works too (for example your own layer norm beside the plain rest).
 """
 import math
 from collections import OrderedDict
+from types import SimpleNamespace
 
 import numpy as np
 
-from . import functional as F
+from . import fast, functional
 from .autograd import Tensor
+
+KERNEL_OPS = ("embedding", "linear", "layer_norm", "attention", "gelu", "dropout")  # what the model calls
+KERNELS = {"plain": functional, "fast": fast}
+
+
+def kernels(name):
+    """The ops of the form called ``name`` ("plain" or "fast"), or a ValueError that says what exists."""
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernels {name!r}; choose one of {', '.join(KERNELS)}")
+    return KERNELS[name]
+
+
+def mixed_kernels(base, **replacements):
+    """The ops of ``base`` with some replaced, e.g. ``mixed_kernels(fast, layer_norm=my_layer_norm)``."""
+    unknown = sorted(set(replacements) - set(KERNEL_OPS))
+    if unknown:
+        raise ValueError(f"not ops of the model: {unknown}; the model calls {', '.join(KERNEL_OPS)}")
+    return SimpleNamespace(**{op: replacements.get(op, getattr(base, op)) for op in KERNEL_OPS})
 
 
 class Parameter(Tensor):
     """A leaf tensor that requires a gradient: what the optimizer updates."""
 
     def __init__(self, data):
-        super().__init__(data, requires_grad=True)
+        super().__init__(data, requires_grad=True, op="parameter")
 
 
 class Module:
@@ -126,70 +149,81 @@ def _uniform(rng, bound, shape, dtype):
 class Linear(Module):
     """out = x @ weight^T + bias; weight (out_features, in_features)."""
 
-    def __init__(self, in_features, out_features, bias=True, *, rng, dtype):
+    def __init__(self, in_features, out_features, bias=True, *, rng, dtype, ops=functional):
         super().__init__()
+        self.ops = ops
         bound = 1.0 / math.sqrt(in_features)
         self.weight = Parameter(_uniform(rng, bound, (out_features, in_features), dtype))
         self.bias = Parameter(_uniform(rng, bound, (out_features,), dtype)) if bias else None
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+        return self.ops.linear(x, self.weight, self.bias)
 
 
 class Embedding(Module):
-    def __init__(self, num_embeddings, embedding_dim, *, rng, dtype):
+    def __init__(self, num_embeddings, embedding_dim, *, rng, dtype, ops=functional):
         super().__init__()
+        self.ops = ops
         self.weight = Parameter(rng.standard_normal((num_embeddings, embedding_dim)).astype(dtype))
 
     def forward(self, ids):
-        return F.embedding(ids, self.weight)
+        return self.ops.embedding(ids, self.weight)
 
 
 class LayerNorm(Module):
-    def __init__(self, dim, eps=1e-5, *, dtype):
+    def __init__(self, dim, eps=1e-5, *, dtype, ops=functional):
         super().__init__()
+        self.ops = ops
         self.eps = eps
         self.weight = Parameter(np.ones(dim, dtype=dtype))
         self.bias = Parameter(np.zeros(dim, dtype=dtype))
 
     def forward(self, x):
-        return F.layer_norm(x, self.weight, self.bias, self.eps)
+        return self.ops.layer_norm(x, self.weight, self.bias, self.eps)
 
 
 class Dropout(Module):
     """Inverted dropout with probability p, active only in training mode; masks come from rng."""
 
-    def __init__(self, p, *, rng):
+    def __init__(self, p, *, rng, ops=functional):
         super().__init__()
+        self.ops = ops
         self.p = p
         self.rng = rng
 
     def forward(self, x):
-        return F.dropout(x, self.p, self.training, self.rng)
+        return self.ops.dropout(x, self.p, self.training, self.rng)
 
 
 class MultiheadAttention(Module):
     """Causal self-attention with torch's parameter layout: a packed ``in_proj_weight`` (3C, C),
-    ``in_proj_bias`` (3C,) and an ``out_proj`` Linear(C, C). Dropout acts on the attention weights."""
+    ``in_proj_bias`` (3C,) and an ``out_proj`` Linear(C, C). Dropout acts on the attention weights.
 
-    def __init__(self, d_model, n_heads, dropout, *, rng, dropout_rng, dtype):
+    in_proj_weight stacks W_q, W_k and W_v, so one product gives q, k and v side by side:
+
+        qkv = x W_in^T + b_in      (B, T, C) -> (B, T, 3C)
+        heads = attention(qkv)     (B, T, 3C) -> (B, T, C)   split, scores, mask, softmax, sum, merge
+        out = heads W_out^T + b_out
+    """
+
+    def __init__(self, d_model, n_heads, dropout, *, rng, dropout_rng, dtype, ops=functional):
         super().__init__()
+        self.ops = ops
         self.n_heads = n_heads
         self.dropout = dropout
         self.dropout_rng = dropout_rng
         xavier_bound = math.sqrt(6.0 / (d_model + 3 * d_model))
         self.in_proj_weight = Parameter(_uniform(rng, xavier_bound, (3 * d_model, d_model), dtype))
         self.in_proj_bias = Parameter(np.zeros(3 * d_model, dtype=dtype))
-        self.out_proj = Linear(d_model, d_model, rng=rng, dtype=dtype)
+        self.out_proj = Linear(d_model, d_model, rng=rng, dtype=dtype, ops=ops)
         self.out_proj.bias.data[:] = 0.0
 
     def forward(self, x, last=None):
-        """last: attend from the last ``last`` positions only (see F.multi_head_attention)."""
-        return F.multi_head_attention(
-            x, self.in_proj_weight, self.in_proj_bias, self.out_proj.weight, self.out_proj.bias,
-            self.n_heads, causal=True, dropout_p=self.dropout, training=self.training, rng=self.dropout_rng,
-            last=last,
-        )
+        """last: the outputs of the last ``last`` positions only, (B, last, C) (keys and values from all)."""
+        qkv = self.ops.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, C) -> (B, T, 3C)
+        heads = self.ops.attention(qkv, self.n_heads, causal=True, dropout_p=self.dropout, training=self.training,
+                                   rng=self.dropout_rng, last=last)  # -> (B, T or last, C)
+        return self.out_proj(heads)
 
 
 class TransformerEncoderLayer(Module):
@@ -199,17 +233,19 @@ class TransformerEncoderLayer(Module):
         x = norm2(x + dropout2(linear2(dropout(gelu(linear1(x))))))
     """
 
-    def __init__(self, d_model, n_heads, d_ff, dropout, *, rng, dropout_rng, dtype):
+    def __init__(self, d_model, n_heads, d_ff, dropout, *, rng, dropout_rng, dtype, ops=functional):
         """rng draws the initial weights, dropout_rng the dropout masks of training."""
         super().__init__()
-        self.self_attn = MultiheadAttention(d_model, n_heads, dropout, rng=rng, dropout_rng=dropout_rng, dtype=dtype)
-        self.linear1 = Linear(d_model, d_ff, rng=rng, dtype=dtype)
-        self.dropout = Dropout(dropout, rng=dropout_rng)
-        self.linear2 = Linear(d_ff, d_model, rng=rng, dtype=dtype)
-        self.norm1 = LayerNorm(d_model, dtype=dtype)
-        self.norm2 = LayerNorm(d_model, dtype=dtype)
-        self.dropout1 = Dropout(dropout, rng=dropout_rng)
-        self.dropout2 = Dropout(dropout, rng=dropout_rng)
+        self.ops = ops
+        self.self_attn = MultiheadAttention(d_model, n_heads, dropout, rng=rng, dropout_rng=dropout_rng, dtype=dtype,
+                                            ops=ops)
+        self.linear1 = Linear(d_model, d_ff, rng=rng, dtype=dtype, ops=ops)
+        self.dropout = Dropout(dropout, rng=dropout_rng, ops=ops)
+        self.linear2 = Linear(d_ff, d_model, rng=rng, dtype=dtype, ops=ops)
+        self.norm1 = LayerNorm(d_model, dtype=dtype, ops=ops)
+        self.norm2 = LayerNorm(d_model, dtype=dtype, ops=ops)
+        self.dropout1 = Dropout(dropout, rng=dropout_rng, ops=ops)
+        self.dropout2 = Dropout(dropout, rng=dropout_rng, ops=ops)
 
     def forward(self, x, last=None):  # (B, T, C) -> (B, T, C), or (B, last, C)
         """last: the outputs of the last ``last`` positions only; every position still gives its key and value."""
@@ -217,7 +253,7 @@ class TransformerEncoderLayer(Module):
         if last is not None:
             x = x[:, x.shape[1] - last:]  # the residual stream of those positions
         x = self.norm1(x + self.dropout1(attended))
-        hidden = self.dropout(F.gelu(self.linear1(x)))  # (B, T, C) -> (B, T, 4C)
+        hidden = self.dropout(self.ops.gelu(self.linear1(x)))  # (B, T, C) -> (B, T, 4C)
         return self.norm2(x + self.dropout2(self.linear2(hidden)))
 
 

@@ -1,4 +1,4 @@
-"""The whole TinyGPT: numpy against the torch reference, weights moved by name."""
+"""The whole TinyGPT: numpy (both forms of its ops) against the torch reference, weights moved by name."""
 import numpy as np
 import pytest
 import torch
@@ -10,6 +10,7 @@ from minigpt_np import functional as F
 from parity_tests.helpers import check
 
 DTYPES = ["float64", "float32"]
+FORMS = ["plain", "fast"]  # the numpy model's kernels
 
 # (vocab, width, layers, heads, context, sequence length used): the default first, then others.
 CONFIGS = [
@@ -26,11 +27,12 @@ def config_id(spec):
     return "V{vocab_size}-d{d_model}-L{n_layers}-H{n_heads}-ctx{context_length}-T{T}".format(**spec)
 
 
-def twin_models(spec, dtype, seed=0, dropout=0.0):
-    """A numpy TinyGPT and the torch reference holding the same weights (copied numpy -> torch)."""
+def twin_models(spec, dtype, seed=0, dropout=0.0, kernels="fast"):
+    """A numpy TinyGPT (with the given kernels) and the torch reference holding the same weights
+    (copied numpy -> torch)."""
     spec = {k: v for k, v in spec.items() if k != "T"}
     config = minigpt_np.GPTConfig(**spec, dropout=dropout, dtype=dtype)
-    np_model = minigpt_np.TinyGPT(config, seed=seed)
+    np_model = minigpt_np.TinyGPT(config, seed=seed, kernels=kernels)
     torch_model = minigpt_torch.TinyGPT(config)
     minigpt_torch.load_numpy_state_dict(torch_model, np_model.state_dict(), strict=True)
     return np_model, torch_model
@@ -49,10 +51,11 @@ def torch_loss(torch_model, ids, targets):
     return logits, loss
 
 
+@pytest.mark.parametrize("kernels", FORMS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("spec", CONFIGS, ids=config_id)
-def test_logits_loss_and_every_gradient(spec, dtype):
-    np_model, torch_model = twin_models(spec, dtype)
+def test_logits_loss_and_every_gradient(spec, dtype, kernels):
+    np_model, torch_model = twin_models(spec, dtype, kernels=kernels)
     ids, targets = random_batch(spec, B=4, seed=1)
 
     logits = np_model(ids)
@@ -61,7 +64,7 @@ def test_logits_loss_and_every_gradient(spec, dtype):
     ref_logits, ref_loss = torch_loss(torch_model, ids, targets)
     ref_loss.backward()
 
-    what = config_id(spec)
+    what = f"{config_id(spec)} {kernels}"
     assert logits.dtype == np.dtype(dtype)
     check({"logits": logits, "loss": loss}, {"logits": ref_logits, "loss": ref_loss}, dtype, "value", what,
           scope="model")
@@ -69,27 +72,29 @@ def test_logits_loss_and_every_gradient(spec, dtype):
           {name: p.grad for name, p in torch_model.named_parameters()}, dtype, "grad", what, scope="model")
 
 
+@pytest.mark.parametrize("kernels", FORMS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_eval_mode_logits_match(dtype):
+def test_eval_mode_logits_match(dtype, kernels):
     """In eval mode torch may take its fused fast path; the numbers must still agree."""
     spec = CONFIGS[0]
-    np_model, torch_model = twin_models(spec, dtype, dropout=0.1)
+    np_model, torch_model = twin_models(spec, dtype, dropout=0.1, kernels=kernels)
     np_model.eval()
     torch_model.eval()
     ids, _ = random_batch(spec, B=3, seed=2)
     with minigpt_np.no_grad(), torch.no_grad():
-        check({"logits": np_model(ids)}, {"logits": torch_model(torch.as_tensor(ids))}, dtype, "value", "eval mode",
+        check({"logits": np_model(ids)}, {"logits": torch_model(torch.as_tensor(ids))}, dtype, "value", f"eval mode {kernels}",
               scope="model")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("spec", [CONFIGS[0], CONFIGS[3], CONFIGS[5]], ids=config_id)
 @pytest.mark.parametrize("last", [1, 3])
-def test_logits_of_the_last_positions(spec, dtype, last):
+@pytest.mark.parametrize("kernels", FORMS)
+def test_logits_of_the_last_positions(spec, dtype, last, kernels):
     """model(ids, last=n): the last n positions' logits, their final layer computed at those positions only.
     Numpy against torch (values and every gradient of a loss on those positions), and each backend's
     short path against the last n positions of its own whole forward."""
-    np_model, torch_model = twin_models(spec, dtype, seed=7)
+    np_model, torch_model = twin_models(spec, dtype, seed=7, kernels=kernels)
     ids, targets = random_batch(spec, B=3, seed=4)
     last = min(last, spec["T"])
     targets = targets[:, -last:]
@@ -99,7 +104,7 @@ def test_logits_of_the_last_positions(spec, dtype, last):
     ref_logits = torch_model(torch.as_tensor(ids), last=last)
     V = ref_logits.shape[-1]
     TF.cross_entropy(ref_logits.reshape(-1, V), torch.as_tensor(targets).reshape(-1)).backward()
-    what = f"{config_id(spec)} last={last}"
+    what = f"{config_id(spec)} {kernels} last={last}"
     assert logits.shape == (3, last, V)
     check({"logits": logits}, {"logits": ref_logits}, dtype, "value", what, scope="model")
     check({name: p.grad for name, p in np_model.named_parameters()},
@@ -118,16 +123,16 @@ def test_logits_of_the_last_positions(spec, dtype, last):
               scope="model")
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", ["numpy-plain", "numpy-fast", "torch"])
 def test_causality(backend):
     """Changing the token at position t changes no logit at positions before t."""
     spec = CONFIGS[3]
-    np_model, torch_model = twin_models(spec, "float64")
+    np_model, torch_model = twin_models(spec, "float64", kernels=backend.split("-")[-1] if "-" in backend else "fast")
     ids, _ = random_batch(spec, B=2, seed=3)
     T, V = spec["T"], spec["vocab_size"]
 
     def logits_of(batch):
-        if backend == "numpy":
+        if backend.startswith("numpy"):
             return np_model(batch).data
         with torch.no_grad():
             return torch_model(torch.as_tensor(batch)).numpy()

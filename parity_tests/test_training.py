@@ -42,11 +42,13 @@ def test_adamw_and_clipping_ten_steps(dtype):
               dtype, "optimizer", f"AdamW step {step + 1}", scope="training")
 
 
+@pytest.mark.parametrize("kernels", ["plain", "fast"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fifty_training_steps_same_losses(dtype):
-    """Pretraining-style steps (forward, loss, backward, clip 1.0, AdamW) on the same batches."""
+def test_fifty_training_steps_same_losses(dtype, kernels):
+    """Pretraining-style steps (forward, loss, backward, clip 1.0, AdamW) on the same batches, with the
+    numpy model on either form of its ops."""
     spec = dict(CONFIGS[0], T=32)
-    np_model, torch_model = twin_models(spec, dtype, seed=3)
+    np_model, torch_model = twin_models(spec, dtype, seed=3, kernels=kernels)
     settings = dict(lr=3e-3, weight_decay=0.01)  # a high lr so that the weights move far in 50 steps
     np_opt = AdamW(np_model.parameters(), **settings)
     torch_opt = torch.optim.AdamW(torch_model.parameters(), **settings)
@@ -75,7 +77,7 @@ def test_fifty_training_steps_same_losses(dtype):
         ref_losses.append(ref_loss.item())
 
     check({"loss per step": np.array(losses)}, {"loss per step": np.array(ref_losses)}, dtype, "trajectory",
-          "50 training steps", scope="training")
+          f"50 training steps {kernels}", scope="training")
     assert losses[-1] < 0.7 * losses[0], f"training did not learn: {losses[0]:.3f} -> {losses[-1]:.3f}"
 
 

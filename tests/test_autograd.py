@@ -1,10 +1,13 @@
 """The numpy engine's own rules: accumulation, reuse, repeatability, no_grad, dtypes, clear errors."""
+import io
+
 import numpy as np
 import pytest
 
 import minigpt_np
+from minigpt_np import fast
 from minigpt_np import functional as F
-from minigpt_np.autograd import Tensor, no_grad, unbroadcast
+from minigpt_np.autograd import Tensor, graph, no_grad, unbroadcast
 
 
 def test_reused_node_gets_the_sum_of_its_uses():
@@ -117,48 +120,57 @@ def test_load_state_dict_errors_name_the_problem():
         model.load_state_dict(state)
 
 
-def test_work_in_pieces_gives_the_same_numbers():
-    """GELU runs in pieces (functional.in_pieces), writing into its outputs: bit for bit the
-    results of one call on the whole arrays, forward and backward, and normal_cdf's out= too."""
-    rng = np.random.default_rng(0)
-    for dtype in (np.float32, np.float64):
-        a = (rng.standard_normal((3 * F._CHUNK + 17) // 7 * 7) * 3).astype(dtype).reshape(-1, 7)
-        grad = rng.standard_normal(a.shape).astype(dtype)
-        out, cdf, grad_a = np.empty_like(a), np.empty_like(a), np.empty_like(a)
-        F._gelu_forward(a, out, cdf)  # one call on everything
-        F._gelu_backward(grad, a, cdf, grad_a)
-        pieces_out, pieces_cdf = F.in_pieces(F._gelu_forward, [a], outputs=2)
-        assert pieces_out.dtype == dtype and pieces_out.shape == a.shape
-        np.testing.assert_array_equal(pieces_out, out)
-        np.testing.assert_array_equal(pieces_cdf, cdf)
-        np.testing.assert_array_equal(F.in_pieces(F._gelu_backward, [grad, a, cdf]), grad_a)
-        np.testing.assert_array_equal(cdf, F.normal_cdf(a))
-        np.testing.assert_array_equal(out, a * F.normal_cdf(a))
-        np.testing.assert_array_equal(F.in_pieces(F._gelu_value, [a]), out)  # the no-grad path
-        with minigpt_np.no_grad():
-            np.testing.assert_array_equal(F.gelu(Tensor(a, requires_grad=True)).data, out)
-
-
-def test_embedding_gradient_sums_repeated_ids():
-    """The sorted scatter-add equals a plain loop over positions, including ids used many times or never."""
+@pytest.mark.parametrize("ops", [F, fast], ids=["plain", "fast"])
+def test_embedding_gradient_sums_repeated_ids(ops):
+    """The scatter-add (np.add.at; fast: sorted runs) equals a loop over positions, ids used many times or never."""
     rng = np.random.default_rng(1)
     ids = rng.integers(0, 7, (5, 9))
     ids[0, :] = 3
     weight = Tensor(rng.standard_normal((9, 4)), requires_grad=True)
     upstream = rng.standard_normal((5, 9, 4))
-    (F.embedding(ids, weight) * Tensor(upstream)).sum().backward()
+    (ops.embedding(ids, weight) * Tensor(upstream)).sum().backward()
     expected = np.zeros((9, 4))
     for position, token in np.ndenumerate(ids):
         expected[token] += upstream[position]
     np.testing.assert_allclose(weight.grad, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_dropout_mask_drops_a_fraction_p_and_scales_the_rest():
-    """Values 0 or 1/(1-p); over 2^20 draws the dropped fraction is within 5 standard deviations of p."""
-    n = 1 << 20
-    for p in (0.1, 0.5, 0.9):
-        mask = F.dropout_mask((n,), p, np.random.default_rng(3), np.float32)
-        assert mask.dtype == np.float32
-        assert set(np.unique(mask)) == {np.float32(0.0), np.float32(1.0 / (1.0 - p))}
-        dropped = np.mean(mask == 0)
-        assert abs(dropped - p) < 5 * np.sqrt(p * (1 - p) / n), (p, dropped)
+def test_every_tensor_records_its_op_and_repr_shows_it():
+    x = Tensor(np.ones((2, 3)), requires_grad=True)
+    y = (x * 2.0).sum(axis=-1)
+    assert x.op == "leaf" and y.op == "sum" and (x * 2.0).op == "mul"
+    assert repr(y) == "Tensor(op=sum, shape=(2,), dtype=float64, requires_grad=True)"
+    model = minigpt_np.TinyGPT(minigpt_np.GPTConfig(vocab_size=5, d_model=8, n_heads=2, context_length=4), seed=0)
+    assert repr(model.ln_f.weight) == "Tensor(op=parameter, name='ln_f.weight', shape=(8,), dtype=float32, requires_grad=True)"
+    with no_grad():
+        assert model(np.zeros((1, 3), dtype=int)).op == "linear"  # recorded without a graph too
+
+
+@pytest.mark.parametrize("kernels", ["plain", "fast"])
+def test_graph_prints_what_backward_walks(kernels):
+    config = minigpt_np.GPTConfig(vocab_size=5, d_model=8, n_layers=1, n_heads=2, context_length=4, dropout=0.0)
+    model = minigpt_np.TinyGPT(config, seed=0, kernels=kernels)
+    loss = F.cross_entropy(model(np.zeros((1, 3), dtype=int)), np.ones((1, 3), dtype=int))
+    text = io.StringIO()
+    graph(loss, file=text)
+    lines = text.getvalue().splitlines()
+    ops = [line.split()[1] for line in lines]
+    prefix = "" if kernels == "plain" else "fast."
+    assert lines[0].startswith("#0") and ops[0] == "cross_entropy" and "<- #1" in lines[0]
+    assert ops.count(prefix + "attention") == 1 and ops.count(prefix + "layer_norm") == 3
+    assert ops.count(prefix + "gelu") == 1 and ops.count(prefix + "embedding") == 2
+    parameters = [line.split()[2] for line in lines if line.split()[1] == "parameter"]
+    assert sorted(parameters) == sorted(name for name, _ in model.named_parameters())
+    assert len(lines) == len(loss._topological_order())  # one line per node backward visits
+    for index, line in enumerate(lines):  # every parent is listed below its child
+        for parent in line.split("<-")[1].split(",") if "<-" in line else []:
+            assert int(parent.strip().lstrip("#").split()[0]) > index, line
+
+
+def test_division_by_a_constant_computes_no_gradient_for_it():
+    x = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    grads = (x / 4.0)._backward_fn(np.ones(2))
+    assert grads[1] is None and np.array_equal(grads[0], [0.25, 0.25])
+    b = Tensor(np.array([2.0]), requires_grad=True)
+    (Tensor(np.array([3.0])) / b).sum().backward()  # a tensor divisor still gets -a / b^2
+    assert np.array_equal(b.grad, [-0.75])

@@ -22,6 +22,7 @@ import numpy as np
 from .. import functional as F
 from ..autograd import Tensor, no_grad
 from ..model import TinyGPT
+from ..nn import kernels as kernels_named
 from ..optim import AdamW, clip_grad_norm_
 from .data import IGNORE
 from .sampling import top_k_mask
@@ -125,13 +126,17 @@ def keep_freed_memory():
 class NumpyBackend(Backend):
     name = "numpy"
 
-    def __init__(self, device="cpu"):
+    def __init__(self, device="cpu", kernels="fast"):
+        """kernels: the form of the model's ops, "fast" or "plain", or an object of ops (see TinyGPT)."""
         if device != "cpu":
             raise ValueError(f"the numpy backend runs on the CPU only, not on device {device!r}")
+        if isinstance(kernels, str):
+            kernels_named(kernels)  # an unknown name fails here, before any work
+        self.kernels = kernels
         keep_freed_memory()
 
     def create_model(self, config, seed):
-        return TinyGPT(config, seed=seed)
+        return TinyGPT(config, seed=seed, kernels=self.kernels)
 
     def create_optimizer(self, model, lr, weight_decay):
         return AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -154,6 +159,8 @@ class NumpyBackend(Backend):
         return (nll * Tensor(np.asarray(weights, dtype=nll.dtype))).sum()
 
     def kl_entropy(self, logits, reference_logits, kl_weights, entropy_weights):
+        # The loss term, on the graph so it has a gradient; rl.kl_and_entropy computes the same
+        # figures in float64 numpy from any backend's logits, for the logs.
         log_p = F.log_softmax(logits)  # (B, T, V)
         p = log_p.exp()
         entropy = -(p * log_p).sum(axis=-1)  # (B, T)
@@ -216,14 +223,19 @@ class NumpyBackend(Backend):
 BACKENDS = {"numpy": "minigpt_np.train.backend:NumpyBackend", "torch": "minigpt_torch.backend:TorchBackend"}
 
 
-def get_backend(name, device="cpu"):
-    """The backend called ``name`` (a key of BACKENDS), or a ValueError that says what exists."""
+def get_backend(name, device="cpu", kernels=None):
+    """The backend called ``name`` (a key of BACKENDS), or a ValueError that says what exists.
+    kernels: the numpy backend's op form ("fast", the default, or "plain"); other backends have one form."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if kernels is not None and name != "numpy":
+        raise ValueError(f"kernels: the {name} backend has one form of its ops; the choice of kernels "
+                         "(plain or fast) is the numpy backend's")
     module_name, class_name = BACKENDS[name].split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise ValueError(f"the {name} backend needs a package that is not installed: {error} "
                          f"(for torch: pip install -e '.[torch]')") from None
-    return getattr(module, class_name)(device)
+    backend_class = getattr(module, class_name)
+    return backend_class(device) if kernels is None else backend_class(device, kernels=kernels)

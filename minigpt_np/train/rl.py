@@ -108,7 +108,10 @@ def advantages(rewards, method, baseline=0.0):
 # ---------------------------------------------------------------------------- exact KL and entropy
 def kl_and_entropy(policy_logits, reference_logits):
     """Per position: KL(p || q) = sum_v p_v (log p_v - log q_v) and H(p) = -sum_v p_v log p_v,
-    with p = softmax(policy_logits), q = softmax(reference_logits), in float64."""
+    with p = softmax(policy_logits), q = softmax(reference_logits), in float64.
+
+    These are the logged figures (and the KL of kl_mode "reward"), from any backend's logits as numpy;
+    the same terms as a loss with a gradient are ``Backend.kl_entropy``, on each backend's own graph."""
     log_p = log_softmax_array(np.asarray(policy_logits, dtype=np.float64))
     log_q = log_softmax_array(np.asarray(reference_logits, dtype=np.float64))
     p = np.exp(log_p)

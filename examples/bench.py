@@ -4,6 +4,8 @@
     python examples/bench.py --json bench.json     # the same, also written as JSON
     python examples/bench.py --device cuda         # adds the torch backend on the GPU
     python examples/bench.py --pipeline numpy      # adds a whole seed-preset pipeline run (wall, memory)
+    python examples/bench.py --kernels plain       # the numpy backend on its plain ops (functional.py)
+    python examples/bench.py --ablate --no-rl      # what each fast twin saves: the fast step with one plain op
 
 What is measured (default model: batch 32, context 64, d_model 128, 2 layers, 4 heads, dropout 0.1,
 the embedded vocabulary):
@@ -19,6 +21,9 @@ the embedded vocabulary):
   one. Its answers end wherever the newline happens to be drawn, so the steps differ in work; both
   backends draw the same characters from the same uniforms (up to float32 rounding of a near tie),
   so they do the same work: the mean answer length is printed beside each figure.
+* ablation (--ablate): the numpy float32 step with all fast ops, with all plain ops, and with the
+  fast ops but one op in its plain form, for each op that has a fast twin; the difference to the
+  all-fast step is what that twin saves.
 * peak_rss_mb: the peak resident memory of the process that measured each figure (each
   measurement runs in its own process, so one backend's memory and threads never touch another's).
 
@@ -75,13 +80,18 @@ def step_gflop(config, batch):
 
 
 # ---------------------------------------------------------------------------- workers (one process each)
-def train_worker(backend_name, dtype, device, batch, steps, warmup):
+def train_worker(backend_name, dtype, device, batch, steps, warmup, kernels=None, plain_ops=()):
+    """kernels: the numpy backend's form; plain_ops: ops run in their plain form beside the fast rest."""
     import dataclasses
+    from minigpt_np import fast, functional
+    from minigpt_np.nn import mixed_kernels
     from minigpt_np.train.backend import get_backend
     from minigpt_np.train.data import random_windows
     corpus, tokenizer, config = default_setup()
     config = dataclasses.replace(config, dtype=dtype)
-    backend = get_backend(backend_name, device)
+    if plain_ops:
+        kernels = mixed_kernels(fast, **{op: getattr(functional, op) for op in plain_ops})
+    backend = get_backend(backend_name, device, kernels=kernels)
     model = backend.create_model(config, 0)
     optimizer = backend.create_optimizer(model, 3e-4, 0.01)
     backend.set_training(model, True)
@@ -121,17 +131,17 @@ def _timed(fn):
     return time.perf_counter() - started
 
 
-def rl_worker(backend_name, device, steps):
+def rl_worker(backend_name, device, steps, kernels="fast"):
     from minigpt_np.train.backend import get_backend
     from minigpt_np.train.checkpoint import save_checkpoint
     from minigpt_np.train.pipeline import rl_from_checkpoint, settings_for
     _, tokenizer, config = default_setup()
     with tempfile.TemporaryDirectory() as folder:
         backend = get_backend(backend_name, device)
-        weights = backend.state_dict(backend.create_model(config, 0))
+        weights = backend.state_dict(backend.create_model(config, 0))  # the same weights in every form
         save_checkpoint(Path(folder) / "start", weights, config, tokenizer, stage="sft", step=0, complete=True)
         settings = settings_for("seed", backend=backend_name, device=device, runs_dir=folder, name="rl",
-                                progress=False, rl_steps=steps + 1, rl_eval_every=10**9)
+                                progress=False, rl_steps=steps + 1, rl_eval_every=10**9, kernels=kernels)
         run, _ = rl_from_checkpoint(Path(folder) / "start", settings, notify=lambda message: None)
         seconds = run.metrics.series("rl", "step_seconds")[1][1:]  # the first step warms up
         lengths = run.metrics.series("rl", "length_chars")[1][1:]
@@ -213,6 +223,10 @@ def main(argv=None):
                         help="also run the seed preset's whole pipeline on these backends (torch: on --device)")
     parser.add_argument("--pipeline-scale", type=float, default=1.0,
                         help="multiply the pipeline's step counts (default 1: the seed preset's own)")
+    parser.add_argument("--kernels", default="fast", choices=("fast", "plain"),
+                        help="the numpy backend's ops: fast (default) or plain (functional.py, for reading; slower)")
+    parser.add_argument("--ablate", action="store_true",
+                        help="also time the numpy float32 step with each fast twin swapped for its plain op")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-args", help=argparse.SUPPRESS)
@@ -232,21 +246,33 @@ def main(argv=None):
 
     print(f"machine: {machine()}")
     common = dict(device="cpu", batch=BATCH, steps=args.steps, warmup=args.warmup)
+    form = "" if args.kernels == "fast" else "_plain"
     plan = {"matmul": ("matmul", dict(batch=BATCH)),
-            "numpy_float32": ("train", dict(backend_name="numpy", dtype="float32", **common)),
-            "numpy_float64": ("train", dict(backend_name="numpy", dtype="float64", **common)),
+            f"numpy{form}_float32": ("train", dict(backend_name="numpy", dtype="float32", kernels=args.kernels, **common)),
+            f"numpy{form}_float64": ("train", dict(backend_name="numpy", dtype="float64", kernels=args.kernels, **common)),
             "torch": ("train", dict(backend_name="torch", dtype="float32", **common))}
+    if args.ablate:
+        from minigpt_np import fast, functional
+        from minigpt_np.nn import KERNEL_OPS
+        plan.setdefault("numpy_float32", ("train", dict(backend_name="numpy", dtype="float32", **common)))
+        plan.setdefault("numpy_plain_float32", ("train", dict(backend_name="numpy", dtype="float32", kernels="plain",
+                                                              **common)))
+        for op in KERNEL_OPS:
+            if getattr(fast, op) is not getattr(functional, op):  # the ops that have a fast twin
+                plan[f"fast_but_plain_{op}"] = ("train", dict(backend_name="numpy", dtype="float32",
+                                                              plain_ops=[op], **common))
     if args.device != "cpu":
         for batch in (BATCH, args.large_batch):
             plan[f"torch_{args.device}_b{batch}"] = ("train", dict(
                 backend_name="torch", dtype="float32", device=args.device, batch=batch, steps=args.steps,
                 warmup=args.warmup))
     if not args.no_rl:
-        runs = [("numpy", "numpy", "cpu"), ("torch", "torch", "cpu")]
+        runs = [(f"numpy{form}", "numpy", "cpu", args.kernels), ("torch", "torch", "cpu", "fast")]
         if args.device != "cpu":
-            runs.append((f"torch_{args.device}", "torch", args.device))
-        for name, backend_name, device in runs:
-            plan[f"rl_{name}"] = ("rl", dict(backend_name=backend_name, device=device, steps=args.rl_steps))
+            runs.append((f"torch_{args.device}", "torch", args.device, "fast"))
+        for name, backend_name, device, kernels in runs:
+            plan[f"rl_{name}"] = ("rl", dict(backend_name=backend_name, device=device, steps=args.rl_steps,
+                                             kernels=kernels))
     measured = in_rounds(plan, args.rounds)
     matmul = measured.pop("matmul")
     rl = {name[len("rl_"):]: figures for name, figures in measured.items() if name.startswith("rl_")}
@@ -257,24 +283,36 @@ def main(argv=None):
     peak = matmul["gflops"]
     print(f"numpy float32 matmul peak at the model's shapes: {peak:.1f} GFLOP/s; "
           f"one training step (batch {BATCH}): {train['torch']['step_gflop']:.2f} GFLOP")
-    print(f"\n{'training step':<22}{'ms':>9}{'tokens/s':>11}{'GFLOP/s':>9}{'of peak':>9}{'peak MB':>9}")
+    print(f"\n{'training step':<26}{'ms':>9}{'tokens/s':>11}{'GFLOP/s':>9}{'of peak':>9}{'peak MB':>9}")
     for name, figures in train.items():
         gflops = figures["step_gflop"] / (figures["ms"] / 1000)
-        print(f"{name:<22}{figures['ms']:>9.1f}{figures['tokens_per_s']:>11.0f}{gflops:>9.1f}"
+        print(f"{name:<26}{figures['ms']:>9.1f}{figures['tokens_per_s']:>11.0f}{gflops:>9.1f}"
               f"{gflops / peak:>9.0%}{figures['peak_rss_mb']:>9.0f}")
-    ratio = train["numpy_float32"]["ms"] / train["torch"]["ms"]
-    share = train["numpy_float32"]["step_gflop"] / (train["numpy_float32"]["ms"] / 1000) / peak
-    print(f"numpy float32 / torch step time: {ratio:.2f} (target <= 1.0; round by round: "
-          f"{paired_ratios(train['numpy_float32'], train['torch'])}); "
-          f"numpy float32 share of the matmul peak: {share:.0%} (target >= 33%)")
+    numpy32 = train[f"numpy{form}_float32"]
+    ratio = numpy32["ms"] / train["torch"]["ms"]
+    share = numpy32["step_gflop"] / (numpy32["ms"] / 1000) / peak
+    targets = "" if form else " (target <= 1.0)"
+    print(f"numpy{form} float32 / torch step time: {ratio:.2f}{targets}; round by round: "
+          f"{paired_ratios(numpy32, train['torch'])}; numpy{form} float32 share of the matmul peak: {share:.0%}"
+          + ("" if form else " (target >= 33%)"))
+    if args.ablate:
+        all_fast = train["numpy_float32"]
+        print(f"\nwhat each fast twin saves (numpy float32 step, fast ops but that one plain; rounds interleaved):")
+        print(f"{'plain op':<14}{'step ms':>9}{'saved ms':>10}{'of the step':>13}   saved round by round")
+        for name, figures in train.items():
+            if name.startswith("fast_but_plain_") or name == "numpy_plain_float32":
+                op = name[len("fast_but_plain_"):] if name.startswith("fast_but_plain_") else "(all)"
+                saved = figures["ms"] - all_fast["ms"]
+                rounds = ", ".join(f"{a - b:.1f}" for a, b in zip(figures["rounds_ms"], all_fast["rounds_ms"]))
+                print(f"{op:<14}{figures['ms']:>9.1f}{saved:>10.1f}{saved / figures['ms']:>13.0%}   {rounds}")
     if rl:
         first = next(iter(rl.values()))
         print(f"\n{'RL step':<22}{'ms':>9}{'peak MB':>9}{'answer chars':>14}   ({first['prompts']} prompt x "
               f"{first['samples']} samples, answers up to {first['max_new_tokens']} characters)")
         for name, figures in rl.items():
             print(f"{name:<22}{figures['ms']:>9.0f}{figures['peak_rss_mb']:>9.0f}{figures['answer_chars']:>14.1f}")
-        print(f"numpy / torch RL step time: {rl['numpy']['ms'] / rl['torch']['ms']:.2f} (target <= 1.5; "
-              f"round by round: {paired_ratios(rl['numpy'], rl['torch'])})")
+        print(f"numpy{form} / torch RL step time: {rl[f'numpy{form}']['ms'] / rl['torch']['ms']:.2f}"
+              f"{'' if form else ' (target <= 1.5)'}; round by round: {paired_ratios(rl[f'numpy{form}'], rl['torch'])}")
     for name, figures in pipelines.items():
         stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in figures["stage_s"].items())
         print(f"\nseed pipeline, {name} ({figures['steps']}): {figures['wall_s']:.1f} s in all ({stages}); "
@@ -288,7 +326,7 @@ def main(argv=None):
                                   **{f"rl_{k}": v["peak_rss_mb"] for k, v in rl.items()},
                                   **{f"pipeline_{k}": v["peak_rss_mb"] for k, v in pipelines.items()}},
                   "pipeline_wall_s": {k: v["wall_s"] for k, v in pipelines.items()},
-                  "device": args.device, "machine": machine(), "details": {"matmul": matmul, "train": train,
+                  "device": args.device, "kernels": args.kernels, "machine": machine(), "details": {"matmul": matmul, "train": train,
                                                                           "rl": rl, "pipeline": pipelines}}
         args.json.write_text(json.dumps(result, indent=1))
         print(f"\nwritten: {args.json}")

@@ -23,6 +23,8 @@ def main(argv=None):
     text.add_argument("--prompt", default="The coach", help="raw text to continue (default 'The coach')")
     parser.add_argument("--backend", default="numpy", choices=("numpy", "torch"), help="tensor library (default numpy)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--kernels", choices=("fast", "plain"),
+                        help="numpy backend: the form of the model's ops (default fast)")
     parser.add_argument("--samples", type=int, default=3, help="how many samples (default 3)")
     parser.add_argument("--temperature", type=float, default=0.6, help="0 for greedy (default 0.6)")
     parser.add_argument("--top-k", type=int, default=10, help="sample among the k likeliest characters (default 10)")
@@ -31,7 +33,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         checkpoint = load_checkpoint(args.checkpoint)
-        backend = get_backend(args.backend, args.device)
+        backend = get_backend(args.backend, args.device, kernels=args.kernels)
     except (CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -40,6 +40,9 @@ def _setting(default, help, choices=None):
 class PipelineSettings:
     backend: str = _setting("torch", "tensor library: torch or numpy", ("torch", "numpy"))
     device: str = _setting("cpu", "torch device: cpu or cuda (numpy runs on the CPU only)")
+    kernels: str = _setting("fast", "numpy backend: the form of the model's ops, fast (for training) or plain "
+                            "(functional.py, the reading text); a checkpoint of either loads with the other",
+                            ("fast", "plain"))
     preset: str = _setting("seed", "starting values for every setting: seed (the original) or quick (a demo)",
                            ("seed", "quick"))
     name: str = _setting("", "run folder name under --runs-dir (default: <preset>-<backend>)")
@@ -140,6 +143,15 @@ def rl_settings(settings):
                       settings.rl_windows_per_pass)
 
 
+def backend_for(settings):
+    """The backend of the settings; the kernels are the numpy backend's choice (the others have one form)."""
+    if settings.backend != "numpy" and settings.kernels != "fast":
+        raise ValueError(f"kernels: --kernels {settings.kernels} is for the numpy backend; "
+                         f"the {settings.backend} backend has one form of its ops")
+    return get_backend(settings.backend, settings.device,
+                       kernels=settings.kernels if settings.backend == "numpy" else None)
+
+
 class RunFolderError(ValueError):
     pass
 
@@ -156,7 +168,8 @@ def _prepare_folder(folder, settings):
         if not settings_path.exists():
             raise RunFolderError(f"--resume: {folder} holds no run to resume")
         saved = json.loads(settings_path.read_text())
-        changed = [k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k]]
+        defaults = dataclasses.asdict(PipelineSettings())  # a setting added since the run was saved
+        changed = [k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k, defaults[k]) != current[k]]
         if changed:
             raise RunFolderError("--resume with other settings than the stopped run: "
                                  + ", ".join(f"{k}={current[k]!r} (run: {saved.get(k)!r})" for k in changed))
@@ -178,7 +191,7 @@ def build_tokenizer(corpus, pairs, extra_texts=()):
 
 def run_pipeline(settings, notify=print):
     """Pretraining, SFT and RL one after the other; returns the summary of each stage."""
-    backend = get_backend(settings.backend, settings.device)
+    backend = backend_for(settings)
     reward_fn = load_reward(settings.reward)
     corpus = load_corpus(settings.data, settings.data_dir or None, settings.train_file or None,
                          settings.validation_file or None, settings.test_file or None)
@@ -263,7 +276,7 @@ def rl_from_checkpoint(checkpoint_folder, settings, notify=print, evaluate_befor
     time in seconds); the figures are in run.metrics.
     """
     checkpoint = load_checkpoint(checkpoint_folder)
-    backend = get_backend(settings.backend, settings.device)
+    backend = backend_for(settings)
     pairs = load_sft_pairs(settings.sft_file or None)
     held_out_prompts = [instruction for instruction, _ in split_pairs(pairs)[1]]
     run = _new_run(settings, backend, checkpoint.config, checkpoint.tokenizer, notify)

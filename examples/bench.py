@@ -21,9 +21,9 @@ the embedded vocabulary):
   one. Its answers end wherever the newline happens to be drawn, so the steps differ in work; both
   backends draw the same characters from the same uniforms (up to float32 rounding of a near tie),
   so they do the same work: the mean answer length is printed beside each figure.
-* ablation (--ablate): the numpy float32 step with all fast ops, with all plain ops, and with the
-  fast ops but one op in its plain form, for each op that has a fast twin; the difference to the
-  all-fast step is what that twin saves.
+* ablation (--ablate): what each fast twin saves: the numpy float32 step with the fast ops but that
+  one op plain (and with all ops plain), minus the all-fast step, in one process with the variants
+  taking turns step by step (``ablation_worker``).
 * peak_rss_mb: the peak resident memory of the process that measured each figure (each
   measurement runs in its own process, so one backend's memory and threads never touch another's).
 
@@ -80,17 +80,13 @@ def step_gflop(config, batch):
 
 
 # ---------------------------------------------------------------------------- workers (one process each)
-def train_worker(backend_name, dtype, device, batch, steps, warmup, kernels=None, plain_ops=()):
-    """kernels: the numpy backend's form; plain_ops: ops run in their plain form beside the fast rest."""
+def train_worker(backend_name, dtype, device, batch, steps, warmup, kernels=None):
+    """kernels: the numpy backend's form of its ops (None for torch)."""
     import dataclasses
-    from minigpt_np import fast, functional
-    from minigpt_np.nn import mixed_kernels
     from minigpt_np.train.backend import get_backend
     from minigpt_np.train.data import random_windows
     corpus, tokenizer, config = default_setup()
     config = dataclasses.replace(config, dtype=dtype)
-    if plain_ops:
-        kernels = mixed_kernels(fast, **{op: getattr(functional, op) for op in plain_ops})
     backend = get_backend(backend_name, device, kernels=kernels)
     model = backend.create_model(config, 0)
     optimizer = backend.create_optimizer(model, 3e-4, 0.01)
@@ -163,7 +159,55 @@ def pipeline_worker(backend_name, device, scale):
             "steps": steps, "peak_rss_mb": peak_rss_mb()}
 
 
-WORKERS = {"train": train_worker, "matmul": matmul_worker, "rl": rl_worker, "pipeline": pipeline_worker}
+def ablation_worker(batch, steps, warmup):
+    """The numpy float32 step of the all-fast model against the same model with one op in its plain
+    form, for each op with a fast twin (and all plain), in one process: the variants take turns step
+    by step (fast, variant 1, fast, variant 2, ...), so a slow spell of the machine falls on all of
+    them, and each saving is the median of the paired differences (variant step - the fast step
+    just before it)."""
+    from minigpt_np import fast, functional
+    from minigpt_np.nn import KERNEL_OPS, mixed_kernels
+    from minigpt_np.train.backend import get_backend
+    from minigpt_np.train.data import random_windows
+    corpus, tokenizer, config = default_setup()
+    twins = [op for op in KERNEL_OPS if getattr(fast, op) is not getattr(functional, op)]
+    variants = {"fast": "fast", "plain": "plain",
+                **{op: mixed_kernels(fast, **{op: getattr(functional, op)}) for op in twins}}
+    runs = {}
+    for name, kernels in variants.items():
+        backend = get_backend("numpy", kernels=kernels)
+        model = backend.create_model(config, 0)
+        backend.set_training(model, True)
+        runs[name] = (backend, model, backend.create_optimizer(model, 3e-4, 0.01))
+    rng = np.random.default_rng(0)
+    tokens = tokenizer.encode(corpus.train)
+
+    def step(name):
+        backend, model, optimizer = runs[name]
+        inputs, targets = random_windows(tokens, batch, config.context_length, rng)
+        weights = np.full(targets.shape, 1.0 / targets.size)
+        started = time.perf_counter()
+        loss = backend.weighted_nll(backend.forward(model, inputs), targets, weights)
+        backend.read([backend.optimizer_step(model, optimizer, loss, 1.0)])
+        return 1000 * (time.perf_counter() - started)
+
+    saved = {name: [] for name in variants if name != "fast"}
+    fast_ms = []
+    for index in range(warmup + steps):
+        for name in saved:
+            before = step("fast")
+            after = step(name)
+            if index >= warmup:
+                saved[name].append(after - before)
+                fast_ms.append(before)
+    return {"fast_ms": float(np.median(fast_ms)),
+            "saved_ms": {name: float(np.median(d)) for name, d in saved.items()},
+            "saved_ms_quartiles": {name: [float(q) for q in np.percentile(d, [25, 75])] for name, d in saved.items()},
+            "peak_rss_mb": peak_rss_mb()}
+
+
+WORKERS = {"ablation": ablation_worker, "train": train_worker, "matmul": matmul_worker, "rl": rl_worker,
+           "pipeline": pipeline_worker}
 
 
 def run_worker(kind, **kwargs):
@@ -226,7 +270,7 @@ def main(argv=None):
     parser.add_argument("--kernels", default="fast", choices=("fast", "plain"),
                         help="the numpy backend's ops: fast (default) or plain (functional.py, for reading; slower)")
     parser.add_argument("--ablate", action="store_true",
-                        help="also time the numpy float32 step with each fast twin swapped for its plain op")
+                        help="also measure what each fast twin saves (the float32 step with that op plain)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-args", help=argparse.SUPPRESS)
@@ -251,16 +295,6 @@ def main(argv=None):
             f"numpy{form}_float32": ("train", dict(backend_name="numpy", dtype="float32", kernels=args.kernels, **common)),
             f"numpy{form}_float64": ("train", dict(backend_name="numpy", dtype="float64", kernels=args.kernels, **common)),
             "torch": ("train", dict(backend_name="torch", dtype="float32", **common))}
-    if args.ablate:
-        from minigpt_np import fast, functional
-        from minigpt_np.nn import KERNEL_OPS
-        plan.setdefault("numpy_float32", ("train", dict(backend_name="numpy", dtype="float32", **common)))
-        plan.setdefault("numpy_plain_float32", ("train", dict(backend_name="numpy", dtype="float32", kernels="plain",
-                                                              **common)))
-        for op in KERNEL_OPS:
-            if getattr(fast, op) is not getattr(functional, op):  # the ops that have a fast twin
-                plan[f"fast_but_plain_{op}"] = ("train", dict(backend_name="numpy", dtype="float32",
-                                                              plain_ops=[op], **common))
     if args.device != "cpu":
         for batch in (BATCH, args.large_batch):
             plan[f"torch_{args.device}_b{batch}"] = ("train", dict(
@@ -296,15 +330,13 @@ def main(argv=None):
           f"{paired_ratios(numpy32, train['torch'])}; numpy{form} float32 share of the matmul peak: {share:.0%}"
           + ("" if form else " (target >= 33%)"))
     if args.ablate:
-        all_fast = train["numpy_float32"]
-        print(f"\nwhat each fast twin saves (numpy float32 step, fast ops but that one plain; rounds interleaved):")
-        print(f"{'plain op':<14}{'step ms':>9}{'saved ms':>10}{'of the step':>13}   saved round by round")
-        for name, figures in train.items():
-            if name.startswith("fast_but_plain_") or name == "numpy_plain_float32":
-                op = name[len("fast_but_plain_"):] if name.startswith("fast_but_plain_") else "(all)"
-                saved = figures["ms"] - all_fast["ms"]
-                rounds = ", ".join(f"{a - b:.1f}" for a, b in zip(figures["rounds_ms"], all_fast["rounds_ms"]))
-                print(f"{op:<14}{figures['ms']:>9.1f}{saved:>10.1f}{saved / figures['ms']:>13.0%}   {rounds}")
+        ablation = run_worker("ablation", batch=BATCH, steps=args.steps, warmup=args.warmup)
+        print(f"\nwhat each fast twin saves: the numpy float32 step (all fast: {ablation['fast_ms']:.1f} ms) with that op "
+              f"plain, minus the all-fast step before it (median of {args.steps} pairs, interleaved in one process):")
+        print(f"{'plain op':<14}{'saved ms':>10}{'of the step':>13}   quartiles of the pairs (ms)")
+        for name, saved in ablation["saved_ms"].items():
+            low, high = ablation["saved_ms_quartiles"][name]
+            print(f"{name:<14}{saved:>10.1f}{saved / ablation['fast_ms']:>13.0%}   {low:.1f} .. {high:.1f}")
     if rl:
         first = next(iter(rl.values()))
         print(f"\n{'RL step':<22}{'ms':>9}{'peak MB':>9}{'answer chars':>14}   ({first['prompts']} prompt x "
@@ -326,6 +358,7 @@ def main(argv=None):
                                   **{f"rl_{k}": v["peak_rss_mb"] for k, v in rl.items()},
                                   **{f"pipeline_{k}": v["peak_rss_mb"] for k, v in pipelines.items()}},
                   "pipeline_wall_s": {k: v["wall_s"] for k, v in pipelines.items()},
+                  "ablation": ablation if args.ablate else None,
                   "device": args.device, "kernels": args.kernels, "machine": machine(), "details": {"matmul": matmul, "train": train,
                                                                           "rl": rl, "pipeline": pipelines}}
         args.json.write_text(json.dumps(result, indent=1))

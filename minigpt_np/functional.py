@@ -41,18 +41,19 @@ def embedding(ids, weight):
 def linear(input, weight, bias=None):
     """out = x @ W^T + b, with W of shape (out_features, in_features), as torch.nn.Linear.
 
-    Backward, with the positions flattened to rows X (N, in) and G (N, out):
+    Every position is a row: with x flattened to X (N, in) and the gradient to G (N, out),
     d X = G @ W,  d W = G^T @ X,  d b = sum of G over the rows.
     """
     x, w = input.data, weight.data
-    out = x @ w.T  # (..., in) -> (..., out)
+    rows = x.reshape(-1, x.shape[-1])  # (..., in) -> (N, in)
+    out = rows @ w.T  # (N, in) @ (in, out) -> (N, out)
     if bias is not None:
         out = out + bias.data
+    out = out.reshape(*x.shape[:-1], w.shape[0])  # (N, out) -> (..., out)
 
     def backward(grad):
-        rows_x = x.reshape(-1, x.shape[-1])  # (N, in)
-        rows_grad = grad.reshape(-1, grad.shape[-1])  # (N, out)
-        grads = [grad @ w, rows_grad.T @ rows_x]  # d X (..., in), d W (out, in)
+        rows_grad = grad.reshape(-1, w.shape[0])  # (N, out)
+        grads = [(rows_grad @ w).reshape(x.shape), rows_grad.T @ rows]  # d X (..., in), d W (out, in)
         if bias is not None:
             grads.append(rows_grad.sum(axis=0))  # d b (out,)
         return grads

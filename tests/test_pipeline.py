@@ -261,3 +261,43 @@ def test_bench_refuses_a_missing_gpu_before_measuring(capsys):
     with pytest.raises(SystemExit) as stopped:
         load_cli("bench").main(["--device", "cuda"])
     assert stopped.value.code == 2 and "sees no CUDA GPU" in capsys.readouterr().err
+
+
+def test_plain_kernels_run_the_pipeline_and_their_checkpoint_samples_with_the_fast_ones(tmp_path, capsys):
+    """--kernels plain: the whole pipeline on functional.py's ops; with dropout 0 it logs the losses of
+    the fast form (float64), and its checkpoint loads into the fast model (the form is not saved)."""
+    tiny = {**TINY, "pretrain_steps": 4, "sft_steps": 2, "rl_steps": 1, "dropout": 0.0, "dtype": "float64"}
+    runs = {}
+    for kernels in ("plain", "fast"):
+        assert load_cli().main(["--backend", "numpy", "--preset", "quick", "--kernels", kernels, "--runs-dir",
+                                str(tmp_path), "--name", kernels, "--no-progress"]
+                               + [f"--{k.replace('_', '-')}={v}" for k, v in tiny.items() if k != "progress"]) == 0
+        runs[kernels] = losses(tmp_path / kernels)
+    assert [r[:2] for r in runs["plain"]] == [r[:2] for r in runs["fast"]]
+    np.testing.assert_allclose([r[2] for r in runs["plain"]], [r[2] for r in runs["fast"]], rtol=0, atol=1e-10)
+    capsys.readouterr()
+    sample = load_cli("sample")
+    for kernels in ("fast", "plain"):
+        assert sample.main([str(tmp_path / "plain" / "sft"), "--kernels", kernels, "--prompt", "The",
+                            "--samples", "1", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.count("sft checkpoint") == 2
+
+
+@pytest.mark.parametrize("script, args", [
+    ("run_all", ["--backend", "torch", "--kernels", "plain"]),
+    ("sample", ["runs/none", "--backend", "torch", "--kernels", "plain"]),
+])
+def test_kernels_are_refused_for_the_torch_backend(tmp_path, capsys, script, args):
+    args = [a if a != "runs/none" else str(tmp_path) for a in args]
+    if script == "sample":  # a checkpoint to point at, so the refusal is about the kernels
+        run_pipeline(settings_for("quick", backend="numpy", runs_dir=str(tmp_path), name="run",
+                                  **{**TINY, "pretrain_steps": 1, "sft_steps": 1, "rl_steps": 1}),
+                     notify=lambda message: None)
+        args[0] = str(tmp_path / "run" / "sft")
+    else:
+        args += ["--runs-dir", str(tmp_path)]
+    capsys.readouterr()
+    assert load_cli(script).main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: kernels: ") and "numpy backend" in err and "\n" not in err, err
+    assert not (tmp_path / "seed-torch").exists()  # refused before any folder is written

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import sys
 
+from minigpt_np.train.checkpoint import CheckpointWriteError
 from minigpt_np.train.pipeline import PRESETS, PipelineSettings, run_pipeline, settings_for
 from minigpt_np.train.report import summary_rows, text_table
 from minigpt_np.train.stages import StageInterrupted, TrainingDiverged
@@ -42,7 +43,7 @@ def main(argv=None):
     except StageInterrupted as stop:
         print(f"\n{stop}", file=sys.stderr)
         return 130
-    except TrainingDiverged as error:
+    except (TrainingDiverged, CheckpointWriteError) as error:
         print(f"\nerror: {error}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as error:

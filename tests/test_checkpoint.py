@@ -31,13 +31,14 @@ def test_round_trip_and_metadata(tmp_path):
     assert checkpoint.meta["metrics"] == {"val_loss": 1.5}
     for name, value in model.state_dict().items():
         assert np.array_equal(checkpoint.weights[name], value)
-    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.json", "model.safetensors"]  # no pickle, no temp
+    names = sorted(p.name for p in folder.iterdir())  # no pickle, no temporaries
+    assert names == ["checkpoint.json", checkpoint.weights_path.name] and names[1].startswith("model-")
 
 
 def test_the_torch_reference_loads_a_numpy_checkpoint_strictly(tmp_path):
     folder, model = saved(tmp_path)
     reference = minigpt_torch.TinyGPT(CONFIG)
-    weights = {k: torch.from_numpy(v) for k, v in load_file(str(folder / "model.safetensors")).items()}
+    weights = {k: torch.from_numpy(v) for k, v in load_file(str(load_checkpoint(folder).weights_path)).items()}
     reference.load_state_dict(weights, strict=True)
     ids = np.arange(16).reshape(2, 8) % 12
     model.eval()
@@ -48,7 +49,7 @@ def test_the_torch_reference_loads_a_numpy_checkpoint_strictly(tmp_path):
 
 def test_truncated_and_corrupted_files_are_reported(tmp_path):
     folder, _ = saved(tmp_path)
-    weights = folder / "model.safetensors"
+    weights = load_checkpoint(folder).weights_path
     original = weights.read_bytes()
     weights.write_bytes(original[: len(original) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
@@ -75,3 +76,57 @@ def test_config_or_vocabulary_mismatch_is_reported(tmp_path):
         load_checkpoint(folder, expect_tokenizer=CharTokenizer(list("xyz\n")))
     meta = json.loads((folder / "checkpoint.json").read_text())
     assert meta["vocabulary"] == TOKENIZER.to_list()
+
+
+def test_a_checkpoint_json_with_missing_keys_another_version_or_a_missing_file_is_named(tmp_path):
+    folder, model = saved(tmp_path)
+    save_checkpoint(folder, model.state_dict(), CONFIG, TOKENIZER, stage="pretrain", step=8, complete=False,
+                    optimizer_arrays={"exp_avg.x": np.zeros(2)}, optimizer_steps={"steps.x": 1})
+    meta_path = folder / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    for change, message in [
+        (lambda m: m.pop("vocabulary"), "it lacks vocabulary"),
+        (lambda m: (m.pop("step"), m.pop("files")), "it lacks step, files"),
+        (lambda m: m.update(format_version=2), "has format version 2; this minigpt reads version 1"),
+        (lambda m: m.update(files=["model.safetensors"]), "'files' is not a table"),
+        (lambda m: m.update(config={"vocab_size": 12, "d_model": "wide"}), "damaged or not a minigpt checkpoint"),
+    ]:
+        damaged = json.loads(json.dumps(meta))
+        change(damaged)
+        meta_path.write_text(json.dumps(damaged))
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(folder)
+    meta_path.write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="holds no JSON object"):
+        load_checkpoint(folder)
+    meta_path.write_text(json.dumps(meta))
+    optimizer = next(folder.glob("optimizer-*.safetensors"))
+    optimizer.unlink()
+    with pytest.raises(CheckpointError, match=f"{optimizer.name} is missing"):
+        load_checkpoint(folder)
+
+
+def test_saving_again_removes_the_files_no_checkpoint_names(tmp_path):
+    folder, model = saved(tmp_path)
+    first = load_checkpoint(folder).weights_path.name
+    (folder / "model-0123456789abcdef.safetensors.tmp").write_bytes(b"left by a crash")
+    changed = {name: value + 1.0 for name, value in model.state_dict().items()}
+    save_checkpoint(folder, changed, CONFIG, TOKENIZER, stage="pretrain", step=8, complete=True)
+    names = sorted(p.name for p in folder.iterdir())
+    assert first not in names and len(names) == 2 and not any(n.endswith(".tmp") for n in names), names
+
+
+def test_the_metrics_log_drops_a_last_line_cut_short_and_refuses_a_damaged_one(tmp_path):
+    from minigpt_np.train.metrics import MetricsLog
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"stage": "pretrain", "step": 1, "train_loss": 3.0}\n{"stage": "pretrain", "st')
+    notices = []
+    log = MetricsLog(path, notify=notices.append)
+    assert [r["step"] for r in log.records] == [1]
+    assert len(notices) == 1 and "dropped a last line cut short" in notices[0]
+    assert path.read_text() == '{"stage": "pretrain", "step": 1, "train_loss": 3.0}\n'
+    log.log("pretrain", 2, train_loss=2.5)
+    assert [r["step"] for r in MetricsLog(path, notify=notices.append).records] == [1, 2] and len(notices) == 1
+    path.write_text('{"stage": "pretrain", "step": 1}\nnot json\n{"stage": "pretrain", "step": 2}\n')
+    with pytest.raises(ValueError, match="line 2 is not a JSON record"):
+        MetricsLog(path)

@@ -11,6 +11,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from minigpt_np.train import backend as backend_module
+from minigpt_np.train.checkpoint import load_checkpoint
 from minigpt_np.train.pipeline import RunFolderError, run_pipeline, settings_for
 from minigpt_np.train.stages import StageInterrupted, TrainingDiverged
 
@@ -42,7 +43,7 @@ def test_quick_preset_end_to_end(tmp_path, backend):
     summaries, folder = run_pipeline(settings, notify=lambda message: None)
     assert list(summaries) == ["pretrain", "sft", "rl"]
     for stage in summaries:
-        assert (folder / stage / "model.safetensors").stat().st_size > 0
+        assert load_checkpoint(folder / stage).weights_path.stat().st_size > 0
         meta = json.loads((folder / stage / "checkpoint.json").read_text())
         assert meta["complete"] and meta["stage"] == stage and meta["vocabulary"]
         assert {"val_loss", "val_bpc", "answer_loss", "format_rate", "reward_mean"} <= set(meta["metrics"])
@@ -104,7 +105,7 @@ def test_ctrl_c_saves_and_resume_matches_an_unbroken_run(tmp_path, monkeypatch, 
         run_pipeline(settings_for("quick", name="broken", **common), notify=lambda m: None)
     saved = json.loads((tmp_path / "broken" / "pretrain" / "checkpoint.json").read_text())
     assert saved["step"] == 5 and not saved["complete"]
-    assert (tmp_path / "broken" / "pretrain" / "optimizer.safetensors").exists()
+    assert load_checkpoint(tmp_path / "broken" / "pretrain").optimizer_arrays
     monkeypatch.undo()
 
     with pytest.raises(RunFolderError, match="already holds a run"):
@@ -135,7 +136,7 @@ def test_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(tmp_path, m
         run_pipeline(settings, notify=lambda m: None)
     kept = json.loads((tmp_path / "nan" / "pretrain" / "checkpoint.json").read_text())
     assert kept["step"] == 4
-    weights = load_file(str(tmp_path / "nan" / "pretrain" / "model.safetensors"))
+    weights = load_file(str(load_checkpoint(tmp_path / "nan" / "pretrain").weights_path))
     assert all(np.isfinite(v).all() for v in weights.values())
 
 
@@ -207,7 +208,7 @@ def test_resume_refuses_damaged_or_mismatched_checkpoints(tmp_path, capsys):
     code, message = cli_error(capsys, *argv, "--resume", "--pretrain-steps", "5")
     assert code == 2 and "other settings than the stopped run: pretrain_steps=5 (run: 4)" in message
 
-    weights = tmp_path / "r" / "sft" / "model.safetensors"
+    weights = load_checkpoint(tmp_path / "r" / "sft").weights_path
     weights.write_bytes(weights.read_bytes()[:100])
     code, message = cli_error(capsys, *argv, "--resume")
     assert code == 2 and "truncated or corrupted" in message

@@ -21,15 +21,39 @@ made after the stage ended, the same for every stage):
     length_chars  mean length of the sampled answers in characters
 """
 import json
+import os
 from pathlib import Path
+
+from .checkpoint import write_durably
 
 
 class MetricsLog:
-    def __init__(self, path):
+    """The records of metrics.jsonl, appended one line at a time.
+
+    A crash can cut the last line short: on opening, a last line that is not whole JSON is dropped
+    (with a notice), since the stage's checkpoint is older than it anyway and the resumed stage logs
+    that step again. A damaged line anywhere else is an error: the file is not what this run wrote.
+    """
+
+    def __init__(self, path, notify=print):
         self.path = Path(path)
         self.records = []
-        if self.path.exists():
-            self.records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        if not self.path.exists():
+            return
+        text = self.path.read_bytes().decode("utf-8", errors="replace")
+        lines = text.split("\n")
+        whole, last = lines[:-1], lines[-1]  # last: what follows the final newline ("" when the file ends whole)
+        for number, line in enumerate(whole, 1):
+            try:
+                self.records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number == len(whole) and not last:  # the last line, cut short before its newline was written
+                    last = line
+                    break
+                raise ValueError(f"{self.path}: line {number} is not a JSON record; the file is damaged") from None
+        if last.strip():
+            notify(f"notice: {self.path}: dropped a last line cut short by a crash ({len(last)} characters)")
+            self._rewrite()
 
     def log(self, stage, step, summary=False, **figures):
         """Append one point. summary=True marks the end-of-stage figures (the same evaluation after
@@ -39,11 +63,19 @@ class MetricsLog:
         self.records.append(record)
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def truncate_after(self, stage, step):
         """Forget the stage's points after step (a resumed run logs them again), rewriting the file."""
-        self.records = [r for r in self.records if not (r["stage"] == stage and r["step"] > step)]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        kept = [r for r in self.records if not (r["stage"] == stage and r["step"] > step)]
+        if len(kept) != len(self.records) or not self.path.exists():
+            self.records = kept
+            self._rewrite()
+
+    def _rewrite(self):
+        """Replace the file with the records, atomically: a crash leaves the old file or the new one."""
+        write_durably(self.path, "".join(json.dumps(r) + "\n" for r in self.records).encode("utf-8"))
 
     def series(self, stage, name):
         """(steps, values) of one figure in one stage, during training (end-of-stage summaries left out)."""

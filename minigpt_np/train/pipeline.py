@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import GPTConfig
 from .backend import get_backend
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, write_durably
 from .data import (check_corpus, format_example, format_prompt, load_corpus, load_sft_pairs, split_pairs)
 from .metrics import MetricsLog
 from .report import write_plots, write_report
@@ -178,7 +178,7 @@ def _prepare_folder(folder, settings):
         raise RunFolderError(f"{folder} already holds a run: add --resume to continue it, or choose another --name")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.jsonl").unlink(missing_ok=True)
-    settings_path.write_text(json.dumps(current, indent=1))
+    write_durably(settings_path, json.dumps(current, indent=1).encode("utf-8"))
 
 
 def build_tokenizer(corpus, pairs, extra_texts=()):
@@ -257,7 +257,7 @@ def _new_run(settings, backend, config, tokenizer, notify):
     _prepare_folder(folder, settings)
     sampling = SamplingSettings(settings.temperature, settings.top_k, settings.max_new_tokens)
     return Run(backend, backend.create_model(config, settings.seed), config, tokenizer, folder,
-               MetricsLog(folder / "metrics.jsonl"), settings.seed, sampling, settings.resume, settings.progress,
+               MetricsLog(folder / "metrics.jsonl", notify), settings.seed, sampling, settings.resume, settings.progress,
                notify)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import functional as F
 from ..autograd import Tensor
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import IGNORE, evaluation_windows, format_prompt, random_windows, sft_batch
 from .rewards import score
 from .sampling import generate
@@ -136,6 +136,9 @@ def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_
     start, wall_time, last_eval = 0, 0.0, {}
     partial = run.stage_checkpoint(stage) if run.resume else None
     if partial is not None:
+        if partial.optimizer_arrays is None or partial.meta.get("optimizer_steps") is None:
+            raise CheckpointError(f"{partial.folder}: the stopped {stage} stage's checkpoint has no optimizer state "
+                                  f"to resume from")
         backend.load_state_dict(model, partial.weights)
         backend.load_optimizer_state(model, optimizer, partial.optimizer_arrays, partial.meta["optimizer_steps"])
         start, wall_time = partial.step, partial.meta.get("wall_time", 0.0)

@@ -137,7 +137,7 @@ def rl_worker(backend_name, device, steps, kernels="fast"):
         weights = backend.state_dict(backend.create_model(config, 0))  # the same weights in every form
         save_checkpoint(Path(folder) / "start", weights, config, tokenizer, stage="sft", step=0, complete=True)
         settings = settings_for("seed", backend=backend_name, device=device, runs_dir=folder, name="rl",
-                                progress=False, rl_steps=steps + 1, rl_eval_every=10**9, kernels=kernels)
+                                progress=False, rl_steps=steps + 1, rl_eval_every=10**7, kernels=kernels)
         run, _ = rl_from_checkpoint(Path(folder) / "start", settings, notify=lambda message: None)
         seconds = run.metrics.series("rl", "step_seconds")[1][1:]  # the first step warms up
         lengths = run.metrics.series("rl", "length_chars")[1][1:]
@@ -252,7 +252,8 @@ def machine():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from minigpt_np.train.validation import OneLineParser, Range, check_values, count
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30,
                         help="timed training steps per backend and round (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
@@ -278,9 +279,12 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(WORKERS[args.worker](**json.loads(args.worker_args))))
         return
-    for name in ("steps", "rl_steps", "large_batch", "rounds"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        check_values(vars(args), {"steps": count(1, 10**5), "warmup": count(0, 10**5), "rl_steps": count(1, 10**4),
+                                  "rounds": count(1, 100), "large_batch": count(1, 65536),
+                                  "pipeline_scale": Range(float, 0.0, 100.0, low_open=True)})
+    except ValueError as error:
+        parser.error(str(error))
     if args.device != "cpu":  # a device that is not there: say so now, not after the CPU measurements
         from minigpt_np.train.backend import get_backend
         try:

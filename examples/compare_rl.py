@@ -17,10 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from minigpt_np.train.checkpoint import CheckpointError
+from minigpt_np.train.checkpoint import CheckpointError, load_checkpoint
 from minigpt_np.train.pipeline import RL_INSTRUCTION, rl_from_checkpoint, settings_for
 from minigpt_np.train.rl import ADVANTAGES
 from minigpt_np.train.stages import sample_answers
+from minigpt_np.train.validation import SEED, OneLineParser, check_values, coefficient, count, positive
+
+RANGES = {"steps": count(1, 10**6), "samples": count(1, 4096), "lr": positive(10.0), "seeds": SEED,
+          "kl_coefs": coefficient(), "last": count(1, 10**6), "unique_of": count(0, 10**5)}
 
 
 def run_settings(checkpoint, args, advantage, kl_coef, seed, name):
@@ -35,7 +39,7 @@ def run_settings(checkpoint, args, advantage, kl_coef, seed, name):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="the SFT stage folder to start every RL run from")
     parser.add_argument("--backend", default="torch", choices=("torch", "numpy"), help="default torch")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -50,6 +54,17 @@ def main(argv=None):
                         help="after each run, sample this many answers and count the distinct ones (default 0: off)")
     parser.add_argument("--out", type=Path, default=Path("runs/compare-rl"), help="output folder")
     args = parser.parse_args(argv)
+    try:  # every setting, and every run's, before any folder is written
+        check_values(vars(args), RANGES)
+        if args.out.exists() and not args.out.is_dir():
+            raise ValueError(f"--out: {args.out} is a file, not a folder")
+        for advantage in args.advantages:
+            for kl_coef in args.kl_coefs:
+                run_settings(args.checkpoint, args, advantage, kl_coef, args.seeds[0], "check")
+        load_checkpoint(args.checkpoint)
+    except (CheckpointError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
 
     results, before = {}, {}

@@ -14,16 +14,19 @@ from minigpt_np.train.checkpoint import CheckpointWriteError
 from minigpt_np.train.pipeline import PRESETS, PipelineSettings, run_pipeline, settings_for
 from minigpt_np.train.report import summary_rows, text_table
 from minigpt_np.train.stages import StageInterrupted, TrainingDiverged
+from minigpt_np.train.validation import OneLineParser
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = PipelineSettings()
     for spec in dataclasses.fields(PipelineSettings):
         flag = "--" + spec.name.replace("_", "-")
         default = getattr(defaults, spec.name)
         by_preset = ", ".join(f"{name}: {preset[spec.name]}" for name, preset in PRESETS.items() if spec.name in preset)
-        help_text = f"{spec.metadata['help']} (default {default!r}" + (f"; {by_preset}" if by_preset else "") + ")"
+        valid = f"; {spec.metadata['range'].describe()}" if spec.metadata["range"] else ""
+        help_text = (f"{spec.metadata['help']} (default {default!r}" + (f"; {by_preset}" if by_preset else "")
+                     + valid + ")")
         if spec.type in (bool, "bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:

@@ -13,10 +13,14 @@ from minigpt_np.train.backend import get_backend
 from minigpt_np.train.checkpoint import CheckpointError, load_checkpoint
 from minigpt_np.train.data import format_prompt
 from minigpt_np.train.sampling import generate
+from minigpt_np.train.validation import SEED, OneLineParser, Range, check_values, count
+
+RANGES = {"samples": count(1, 10**4), "temperature": Range(float, 0.0, 100.0), "top_k": count(1, 10**6),
+          "max_new_tokens": count(1, 10**5), "seed": SEED}  # temperature 0: greedy
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a stage folder of a run, e.g. runs/quick-torch/rl")
     text = parser.add_mutually_exclusive_group()
     text.add_argument("--instruction", help="wrapped as 'Instruction: ...\\nAnswer:'; sampling stops at the newline")
@@ -32,6 +36,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
     try:
+        check_values(vars(args), RANGES)
         checkpoint = load_checkpoint(args.checkpoint)
         backend = get_backend(args.backend, args.device, kernels=args.kernels)
     except (CheckpointError, ValueError) as error:

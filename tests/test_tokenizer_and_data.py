@@ -73,7 +73,7 @@ def test_sft_file_errors_name_file_and_line(tmp_path):
     with pytest.raises(DataError, match=r"line 1: 'answer' must be a non-empty string"):
         data.load_sft_pairs(bad)
     bad.write_text("\n\n")
-    with pytest.raises(DataError, match="holds no instruction/answer pairs"):
+    with pytest.raises(DataError, match="pairs.jsonl is empty"):  # blank lines only
         data.load_sft_pairs(bad)
     with pytest.raises(DataError, match="does not exist"):
         data.load_sft_pairs(tmp_path / "missing.jsonl")

@@ -229,8 +229,7 @@ def get_backend(name, device="cpu", kernels=None):
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if kernels is not None and name != "numpy":
-        raise ValueError(f"kernels: the {name} backend has one form of its ops; the choice of kernels "
-                         "(plain or fast) is the numpy backend's")
+        raise ValueError(f"--kernels: {kernels} is for the numpy backend; the {name} backend has one form of its ops")
     module_name, class_name = BACKENDS[name].split(":")
     try:
         module = importlib.import_module(module_name)

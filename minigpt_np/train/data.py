@@ -61,6 +61,22 @@ def embedded_corpus():
     return Corpus("embedded", texts["train"], texts["validation"], texts["test"], sources)
 
 
+def check_text_file(path, what):
+    """A readable, non-empty UTF-8 text file, or a DataError that names it and says what is wrong."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise DataError(f"{what} {path}: cannot be read ({error.strerror})") from None
+    if not data.strip():
+        raise DataError(f"{what} {path} is empty")
+    if b"\x00" in data:
+        raise DataError(f"{what} {path} is a binary file, not text")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{what} {path} is not UTF-8 text (byte {error.start} cannot be decoded)") from None
+
+
 def _read_with_datasets(files):
     """split -> text, each file read through datasets' "text" loader (one row per line)."""
     import datasets
@@ -77,6 +93,7 @@ def wikitext_from_files(train=None, validation=None, test=None):
     for split, path in files.items():
         if not path.is_file():
             raise DataError(f"{split} file {path} does not exist")
+        check_text_file(path, f"the {split} file")
     notices = []
     if "train" not in files:
         if "validation" not in files or "test" not in files:
@@ -193,6 +210,7 @@ def load_sft_pairs(path=None):
     path = Path(path) if path is not None else SFT_FILE
     if not path.is_file():
         raise DataError(f"SFT file {path} does not exist")
+    check_text_file(path, "SFT file")
     pairs = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():

@@ -16,6 +16,7 @@ import numpy as np
 from ..config import GPTConfig
 from .backend import get_backend
 from .checkpoint import CheckpointError, load_checkpoint, write_durably
+from .validation import PROBABILITY, SEED, coefficient, count, flag, positive
 from .data import (check_corpus, format_example, format_prompt, load_corpus, load_sft_pairs, split_pairs)
 from .metrics import MetricsLog
 from .report import write_plots, write_report
@@ -32,8 +33,9 @@ RL_INSTRUCTION = "Write a short tagline about coffee before practice."
 TEXT_PROMPT = "The coach"
 
 
-def _setting(default, help, choices=None):
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _setting(default, help, choices=None, valid=None):
+    """A setting: its default, its --help text, and its allowed choices or numeric range (validation.Range)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "range": valid})
 
 
 @dataclass
@@ -48,7 +50,7 @@ class PipelineSettings:
     name: str = _setting("", "run folder name under --runs-dir (default: <preset>-<backend>)")
     runs_dir: str = _setting("runs", "folder that holds the run folders")
     resume: bool = _setting(False, "continue the run folder's stopped run where it stopped")
-    seed: int = _setting(0, "seed of the initial weights, batches, dropout and samples")
+    seed: int = _setting(0, "seed of the initial weights, batches, dropout and samples", valid=SEED)
     progress: bool = _setting(True, "show progress bars")
     # data
     data: str = _setting("wikitext", "pretraining corpus: wikitext (the hub, or --data-dir files; the embedded "
@@ -59,48 +61,48 @@ class PipelineSettings:
     test_file: str = _setting("", "explicit test text file")
     sft_file: str = _setting("", "JSONL of {\"instruction\": ..., \"answer\": ...} pairs (default: built-in pairs)")
     # model
-    d_model: int = _setting(128, "model width")
-    n_layers: int = _setting(2, "transformer layers")
-    n_heads: int = _setting(4, "attention heads")
-    context_length: int = _setting(64, "characters the model sees at once")
-    dropout: float = _setting(0.1, "dropout probability in training")
+    d_model: int = _setting(128, "model width", valid=count(1, 4096))
+    n_layers: int = _setting(2, "transformer layers", valid=count(1, 64))
+    n_heads: int = _setting(4, "attention heads", valid=count(1, 256))
+    context_length: int = _setting(64, "characters the model sees at once", valid=count(1, 4096))
+    dropout: float = _setting(0.1, "dropout probability in training", valid=PROBABILITY)
     dtype: str = _setting("float32", "float32 or float64", ("float32", "float64"))
     # training
-    batch_size: int = _setting(32, "sequences per pretraining/SFT step")
-    weight_decay: float = _setting(0.01, "AdamW weight decay")
-    grad_clip: float = _setting(1.0, "global gradient-norm clipping threshold")
-    pretrain_steps: int = _setting(2000, "pretraining steps")
-    pretrain_lr: float = _setting(3e-4, "pretraining learning rate")
-    pretrain_eval_every: int = _setting(200, "pretraining steps between validations")
-    sft_steps: int = _setting(200, "SFT steps")
-    sft_lr: float = _setting(1e-4, "SFT learning rate")
-    sft_eval_every: int = _setting(50, "SFT steps between validations")
-    rl_steps: int = _setting(150, "RL steps")
-    rl_lr: float = _setting(1e-4, "RL learning rate")
-    rl_eval_every: int = _setting(25, "RL steps between held-out reward checks")
-    eval_windows: int = _setting(128, "validation/test windows of context_length characters")
-    checkpoint_every: int = _setting(0, "steps between checkpoints within a stage (0: end of stage and Ctrl-C)")
+    batch_size: int = _setting(32, "sequences per pretraining/SFT step", valid=count(1, 65536))
+    weight_decay: float = _setting(0.01, "AdamW weight decay", valid=coefficient(10.0))
+    grad_clip: float = _setting(1.0, "global gradient-norm clipping threshold", valid=positive(1e6))
+    pretrain_steps: int = _setting(2000, "pretraining steps", valid=count())
+    pretrain_lr: float = _setting(3e-4, "pretraining learning rate", valid=positive(10.0))
+    pretrain_eval_every: int = _setting(200, "pretraining steps between validations", valid=count())
+    sft_steps: int = _setting(200, "SFT steps", valid=count())
+    sft_lr: float = _setting(1e-4, "SFT learning rate", valid=positive(10.0))
+    sft_eval_every: int = _setting(50, "SFT steps between validations", valid=count())
+    rl_steps: int = _setting(150, "RL steps", valid=count())
+    rl_lr: float = _setting(1e-4, "RL learning rate", valid=positive(10.0))
+    rl_eval_every: int = _setting(25, "RL steps between held-out reward checks", valid=count())
+    eval_windows: int = _setting(128, "validation/test windows of context_length characters", valid=count(1, 10**6))
+    checkpoint_every: int = _setting(0, "steps between checkpoints within a stage (0: end of stage and Ctrl-C)", valid=count(0))
     # sampling and RL
-    temperature: float = _setting(0.6, "sampling temperature (RL samples and report samples)")
-    top_k: int = _setting(10, "sample from the k most likely characters")
-    max_new_tokens: int = _setting(80, "longest sampled answer in characters")
-    rl_samples: int = _setting(16, "samples per prompt per RL step (1 with --rl-advantage none: the original)")
-    rl_prompts_per_step: int = _setting(1, "prompts per RL step")
+    temperature: float = _setting(0.6, "sampling temperature (RL samples and report samples)", valid=positive(100.0))
+    top_k: int = _setting(10, "sample from the k most likely characters", valid=count(1, 10**6))
+    max_new_tokens: int = _setting(80, "longest sampled answer in characters", valid=count(1, 10**5))
+    rl_samples: int = _setting(16, "samples per prompt per RL step (1 with --rl-advantage none: the original)", valid=count(1, 4096))
+    rl_prompts_per_step: int = _setting(1, "prompts per RL step", valid=count(1, 1024))
     rl_advantage: str = _setting("rloo", "REINFORCE baseline: none (the original), moving_average, group_mean, "
                                  "rloo (leave-one-out) or group_zscore", ADVANTAGES)
-    rl_baseline_decay: float = _setting(0.9, "moving_average: weight of the old baseline in each update")
-    rl_kl_coef: float = _setting(0.05, "beta: weight of the exact KL to the frozen SFT policy")
+    rl_baseline_decay: float = _setting(0.9, "moving_average: weight of the old baseline in each update", valid=PROBABILITY)
+    rl_kl_coef: float = _setting(0.05, "beta: weight of the exact KL to the frozen SFT policy", valid=coefficient())
     rl_kl_mode: str = _setting("loss", "KL as a loss term (loss) or as a detached reward penalty (reward)",
                                ("loss", "reward"))
-    rl_entropy_coef: float = _setting(0.0, "weight of the entropy bonus")
+    rl_entropy_coef: float = _setting(0.0, "weight of the entropy bonus", valid=coefficient())
     rl_aggregation: str = _setting("sequence_sum", "log-probabilities of an answer: summed (sequence_sum, "
                                    "longer answers weigh more) or averaged (sequence_mean)",
                                    ("sequence_sum", "sequence_mean"))
     rl_missing_stop_penalty: float = _setting(1.0, "subtracted from the reward of an answer that runs to "
                                               "--max-new-tokens without its end (a training signal only: the "
-                                              "logged reward is the reward function's)")
+                                              "logged reward is the reward function's)", valid=coefficient())
     rl_windows_per_pass: int = _setting(128, "RL update: sampled windows per forward/backward piece (less: "
-                                        "less memory, a little slower)")
+                                        "less memory, a little slower)", valid=count(1, 10**6))
     reward: str = _setting("original", "reward: original, or module:function returning {component: value}")
 
 
@@ -120,7 +122,45 @@ def settings_for(preset="seed", **overrides):
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"unknown settings: {', '.join(unknown)}")
-    return PipelineSettings(**{**PRESETS[preset], **overrides, "preset": preset})
+    settings = PipelineSettings(**{**PRESETS[preset], **overrides, "preset": preset})
+    validate(settings)
+    return settings
+
+
+FILE_SETTINGS = ("data_dir", "train_file", "validation_file", "test_file")
+
+
+def validate(settings):
+    """Refuse a bad setting, or a conflicting pair, before any data is read or any folder written:
+    a ValueError "--flag: what is wrong and what is allowed"."""
+    for spec in dataclasses.fields(PipelineSettings):
+        value, choices, valid = getattr(settings, spec.name), spec.metadata["choices"], spec.metadata["range"]
+        if choices and value not in choices:
+            raise ValueError(f"{flag(spec.name)}: must be one of {', '.join(choices)}, got {value!r}")
+        if valid is not None:
+            valid.check(flag(spec.name), value)
+    if settings.d_model % settings.n_heads:
+        raise ValueError(f"--n-heads: must divide --d-model ({settings.d_model}) into equal heads, got {settings.n_heads}")
+    if settings.data == "embedded":
+        given = [flag(name) for name in FILE_SETTINGS if getattr(settings, name)]
+        if given:
+            raise ValueError(f"{given[0]}: given with --data embedded, which trains on the built-in corpus; "
+                             f"drop it, or use --data wikitext")
+    for name in FILE_SETTINGS[1:] + ("sft_file",):
+        path = getattr(settings, name)
+        if path and not Path(path).is_file():
+            raise ValueError(f"{flag(name)}: {path} is not a file")
+    if settings.data_dir and not Path(settings.data_dir).is_dir():
+        raise ValueError(f"--data-dir: {settings.data_dir} is not a folder")
+    if Path(settings.runs_dir).exists() and not Path(settings.runs_dir).is_dir():
+        raise ValueError(f"--runs-dir: {settings.runs_dir} is a file, not a folder")
+    if settings.backend != "numpy" and settings.kernels != "fast":
+        raise ValueError(f"--kernels: {settings.kernels} is for the numpy backend; "
+                         f"the {settings.backend} backend has one form of its ops")
+    if settings.rl_advantage in ("group_mean", "rloo", "group_zscore") and settings.rl_samples < 2:
+        raise ValueError(f"--rl-samples: the {settings.rl_advantage} advantage compares the samples of a prompt, "
+                         f"so it needs at least 2, got {settings.rl_samples}")
+    load_reward(settings.reward)
 
 
 def load_reward(spec):
@@ -129,11 +169,11 @@ def load_reward(spec):
         return REWARDS[spec]
     module_name, _, function_name = spec.partition(":")
     if not function_name:
-        raise ValueError(f"unknown reward {spec!r}; use one of {', '.join(REWARDS)} or module:function")
+        raise ValueError(f"--reward: unknown reward {spec!r}; use one of {', '.join(REWARDS)} or module:function")
     try:
         return getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as error:
-        raise ValueError(f"cannot load reward {spec!r}: {error}") from None
+        raise ValueError(f"--reward: cannot load {spec!r}: {error}") from None
 
 
 def rl_settings(settings):
@@ -145,9 +185,6 @@ def rl_settings(settings):
 
 def backend_for(settings):
     """The backend of the settings; the kernels are the numpy backend's choice (the others have one form)."""
-    if settings.backend != "numpy" and settings.kernels != "fast":
-        raise ValueError(f"kernels: --kernels {settings.kernels} is for the numpy backend; "
-                         f"the {settings.backend} backend has one form of its ops")
     return get_backend(settings.backend, settings.device,
                        kernels=settings.kernels if settings.backend == "numpy" else None)
 

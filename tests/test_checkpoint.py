@@ -44,7 +44,7 @@ def test_the_torch_reference_loads_a_numpy_checkpoint_strictly(tmp_path):
     model.eval()
     reference.eval()
     with torch.no_grad():
-        assert np.allclose(reference(torch.as_tensor(ids)).numpy(), model(ids).data, atol=1e-5)
+        np.testing.assert_allclose(reference(torch.as_tensor(ids)).numpy(), model(ids).data, rtol=0, atol=1e-5)
 
 
 def test_truncated_and_corrupted_files_are_reported(tmp_path):

@@ -305,3 +305,62 @@ def test_kernels_are_refused_for_the_torch_backend(tmp_path, capsys, script, arg
     err = capsys.readouterr().err.strip()
     assert err == "error: --kernels: plain is for the numpy backend; the torch backend has one form of its ops", err
     assert not (tmp_path / "seed-torch").exists()  # refused before any folder is written
+
+
+@pytest.mark.parametrize("kind", ["loss", "gradient norm"])
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "rl"])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_the_nan_guard_stops_every_stage_on_both_backends(tmp_path, monkeypatch, backend, stage, kind):
+    """A real NaN, injected at the stage's step 2: into the loss (the loss times NaN, so its gradients are
+    NaN too) or into one parameter's gradient just before clipping. The stage stops with one message, its
+    step-1 checkpoint and the earlier stages' checkpoints stay, finite."""
+    first_step = {"pretrain": 1, "sft": 1 + TINY["pretrain_steps"],
+                  "rl": 1 + TINY["pretrain_steps"] + TINY["sft_steps"]}[stage]
+    target = first_step + 1  # the stage's step 2, counted over the run's steps
+    step = {"now": 0}
+    cls = backend_class(backend)
+    original_seed, original_nll = cls.seed_dropout, cls.weighted_nll
+
+    def seed_dropout(self, model, seed):  # the training loop calls it once at the start of every step
+        step["now"] += 1
+        return original_seed(self, model, seed)
+
+    def weighted_nll(self, *args, **kwargs):
+        loss = original_nll(self, *args, **kwargs)
+        return loss * float("nan") if kind == "loss" and step["now"] == target else loss
+
+    monkeypatch.setattr(cls, "seed_dropout", seed_dropout)
+    monkeypatch.setattr(cls, "weighted_nll", weighted_nll)
+    if kind == "gradient norm":
+        if backend == "numpy":
+            original_clip = backend_module.clip_grad_norm_
+
+            def clip(params, max_norm):
+                params = list(params)
+                if step["now"] == target:
+                    params[0].grad.flat[0] = np.nan
+                return original_clip(params, max_norm)
+
+            monkeypatch.setattr(backend_module, "clip_grad_norm_", clip)
+        else:
+            import torch
+            original_clip = torch.nn.utils.clip_grad_norm_
+
+            def clip(params, max_norm):
+                params = list(params)
+                if step["now"] == target:
+                    with torch.no_grad():
+                        params[0].grad.view(-1)[0] = float("nan")
+                return original_clip(params, max_norm)
+
+            monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    settings = settings_for("quick", backend=backend, runs_dir=str(tmp_path), name="nan",
+                            **{**TINY, "checkpoint_every": 1})
+    with pytest.raises(TrainingDiverged, match=f"{stage}: the {kind} became nan at step 2; stopped, "
+                                               r"the last good checkpoint \(step 1\) is kept"):
+        run_pipeline(settings, notify=lambda m: None)
+    for done in ("pretrain", "sft", "rl")[: ("pretrain", "sft", "rl").index(stage)]:
+        assert load_checkpoint(tmp_path / "nan" / done).complete
+    kept = load_checkpoint(tmp_path / "nan" / stage)
+    assert kept.step == 1 and not kept.complete
+    assert all(np.isfinite(value).all() for value in kept.weights.values())

@@ -364,3 +364,66 @@ def test_the_nan_guard_stops_every_stage_on_both_backends(tmp_path, monkeypatch,
     kept = load_checkpoint(tmp_path / "nan" / stage)
     assert kept.step == 1 and not kept.complete
     assert all(np.isfinite(value).all() for value in kept.weights.values())
+
+
+def comparable(folder):
+    """metrics.jsonl less the wall-clock time of steps."""
+    return [{k: v for k, v in r.items() if k != "step_seconds"} for r in records(folder)]
+
+
+def assert_same_run(folder, reference):
+    assert comparable(folder) == comparable(reference)
+    for stage in ("pretrain", "sft", "rl"):
+        ours, theirs = load_checkpoint(folder / stage), load_checkpoint(reference / stage)
+        assert list(ours.weights) == list(theirs.weights)
+        for name, value in theirs.weights.items():
+            assert np.array_equal(ours.weights[name], value), f"{stage}: {name}"
+
+
+@pytest.mark.parametrize("stage", ["sft", "rl"])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_ctrl_c_in_sft_or_rl_then_resume_gives_the_unbroken_run_bit_for_bit(tmp_path, monkeypatch, backend, stage):
+    """A real SIGINT at the stage's step 2 (RL with the moving-average baseline, whose state is saved with
+    the stage): after --resume every stage's weights are bit-identical to an unbroken run's, and so is
+    metrics.jsonl less timing; the interrupted checkpoint holds AdamW's state and steps."""
+    common = dict(backend=backend, runs_dir=str(tmp_path), **{**TINY, "rl_steps": 3, "rl_advantage": "moving_average"})
+    run_pipeline(settings_for("quick", name="unbroken", **common), notify=lambda m: None)
+    first_step = {"sft": 1 + TINY["pretrain_steps"], "rl": 1 + TINY["pretrain_steps"] + TINY["sft_steps"]}[stage]
+    interrupt_at(monkeypatch, first_step + 1, backend)
+    with pytest.raises(StageInterrupted, match=f"{stage}: stopped at step 2 of"):
+        run_pipeline(settings_for("quick", name="broken", **common), notify=lambda m: None)
+    monkeypatch.undo()
+    stopped = load_checkpoint(tmp_path / "broken" / stage)
+    assert stopped.step == 2 and not stopped.complete and stopped.optimizer_arrays
+    assert set(stopped.meta["optimizer_steps"].values()) == {2}
+    if stage == "rl":
+        assert stopped.meta["stage_state"]["baseline_steps"] == 2
+    messages = []
+    run_pipeline(settings_for("quick", name="broken", resume=True, **common), notify=messages.append)
+    assert f"{stage}: resuming at step 2 of {common[stage + '_steps']}" in messages
+    assert_same_run(tmp_path / "broken", tmp_path / "unbroken")
+
+
+def test_a_second_ctrl_c_during_the_save_leaves_a_checkpoint_that_resumes(tmp_path, monkeypatch):
+    """The first Ctrl-C asks the loop to save and stop; a second one, arriving in the middle of that save
+    (between its file writes), interrupts at once: the checkpoint on disk is the previous one or the new
+    one, whole, and --resume finishes the run as an unbroken run would."""
+    from minigpt_np.train import checkpoint as checkpoint_module
+    common = dict(backend="numpy", runs_dir=str(tmp_path), **{**TINY, "checkpoint_every": 2})
+    run_pipeline(settings_for("quick", name="unbroken", **common), notify=lambda m: None)
+    interrupt_at(monkeypatch, 5)  # the first Ctrl-C, during pretraining step 5
+    original_write, writes = checkpoint_module.write_durably, []
+
+    def write_durably(path, data):
+        writes.append(path)
+        if len(writes) == 7:  # the save of the Ctrl-C (writes 1-6: the checkpoints of steps 2 and 4)
+            os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, after the weights, before the commit
+        return original_write(path, data)
+
+    monkeypatch.setattr(checkpoint_module, "write_durably", write_durably)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(settings_for("quick", name="broken", **common), notify=lambda m: None)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "broken" / "pretrain").step == 4  # the save of step 5 never committed
+    run_pipeline(settings_for("quick", name="broken", resume=True, **common), notify=lambda m: None)
+    assert_same_run(tmp_path / "broken", tmp_path / "unbroken")

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .autograd import Tensor, as_tensor
+from .autograd import Tensor
 
 
 # ---------------------------------------------------------------------------- embedding
@@ -352,5 +352,4 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
 __all__ = [
     "embedding", "linear", "layer_norm", "softmax_array", "softmax", "causal_mask", "masked_fill", "attention",
     "erf", "normal_cdf", "gelu", "dropout_mask", "dropout", "log_softmax_array", "log_softmax", "cross_entropy",
-    "as_tensor",
 ]

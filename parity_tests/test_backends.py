@@ -85,14 +85,30 @@ def test_reinforce_loss_and_gradients_on_the_same_rollouts(dtype, advantage, kl_
     check(grads(np_model), grads(torch_model), dtype, "grad", what, scope="model")
 
 
-def test_sampling_draws_the_same_tokens_on_both_backends():
-    np_model, torch_model = twin_models(SPEC, "float64")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("temperature, top_k", [(0.7, 5), (1.3, None), (0.0, None)], ids=["T0.7-k5", "T1.3", "greedy"])
+def test_sampling_draws_the_same_tokens_on_both_backends(dtype, temperature, top_k):
+    """Same weights, same uniforms: the same tokens, lengths and stops, also in float32 (where the
+    logits differ in their last bits) and greedy (argmax, no uniforms). The prompts run past the
+    context window, so the crop is used."""
+    np_model, torch_model = twin_models(SPEC, dtype)
+    prompts = [np.array([3, 4, 5]), np.array([6]), np.arange(1, 13)]
     results = []
     for backend, model in ((NumpyBackend(), np_model), (TorchBackend(), torch_model)):
-        results.append(generate(partial(backend.predict, model), [np.array([3, 4, 5]), np.array([6])], 4,
-                                20, 12, 0.7, 5, np.random.default_rng(11), stop_id=0))
+        results.append(generate(partial(backend.predict, model), prompts, 4, 20, 12, temperature, top_k,
+                                np.random.default_rng(11), stop_id=0))
     for a, b in zip(*results):
         assert np.array_equal(a, b)
+    tokens, lengths, _ = results[0]
+    assert lengths.max() > 5  # something was generated
+    if temperature:
+        assert len({tuple(row) for row in tokens}) > 3  # the draws differ from sample to sample
+    else:  # greedy: the samples of one prompt are the same, and are each step's argmax
+        assert all(np.array_equal(tokens[4 * p], tokens[4 * p + s]) for p in range(3) for s in range(4))
+        sequence = np.concatenate([prompts[2], tokens[8, :lengths[8]]])
+        for j in range(len(prompts[2]), len(sequence)):
+            window = sequence[max(0, j - 12):j][None]
+            assert sequence[j] == NumpyBackend().predict(np_model, window)[0, -1].argmax()
 
 
 def test_whole_pipeline_runs_agree(tmp_path):

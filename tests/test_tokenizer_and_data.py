@@ -48,9 +48,21 @@ def test_windows_are_shifted_by_one_and_evaluation_windows_are_fixed():
     inputs, targets = data.random_windows(tokens, 4, 16, np.random.default_rng(0))
     assert inputs.shape == targets.shape == (4, 16)
     assert np.array_equal(inputs[:, 1:], targets[:, :-1]) and np.array_equal(targets, inputs + 1)
-    a = data.evaluation_windows(tokens, 16, 10)
-    b = data.evaluation_windows(tokens, 16, 10)
-    assert np.array_equal(a[0], b[0]) and a[0].shape == (10, 16)
+
+
+@pytest.mark.parametrize("length, max_windows, expected_count", [(1000, 10, 10), (1000, 500, 62), (17, 3, 1)])
+def test_evaluation_windows_are_contiguous_non_overlapping_and_evenly_spread(length, max_windows, expected_count):
+    """The windows' starts are read back from the ids (the tokens are their own positions): the first
+    window starts the text, the last ends within its last context_length + 1 characters, no two overlap,
+    and the gaps between starts differ by at most one character."""
+    tokens = np.arange(length)
+    inputs, targets = data.evaluation_windows(tokens, 16, max_windows)
+    assert inputs.shape == targets.shape == (expected_count, 16)
+    starts = inputs[:, 0]
+    assert np.array_equal(inputs, starts[:, None] + np.arange(16)) and np.array_equal(targets, inputs + 1)
+    assert starts[0] == 0 and targets[-1, -1] <= length - 1 and targets[-1, -1] > length - 1 - 17
+    gaps = np.diff(starts)
+    assert (gaps >= 16).all() and (np.ptp(gaps) <= 1 if gaps.size else expected_count == 1)
 
 
 def test_builtin_sft_pairs():

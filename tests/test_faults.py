@@ -10,6 +10,7 @@
 * A full disk (ENOSPC, injected at an fsync) during a save: one line naming the file, the previous
   checkpoint intact, and --resume continues.
 """
+import collections
 import errno
 import json
 import os
@@ -150,7 +151,7 @@ def kill_and_resume(tmp_path, backend, kills, seed):
     reference = comparable_metrics(tmp_path / "unbroken"), final_weights(tmp_path / "unbroken")
 
     rng = random.Random(seed)
-    done, finished_runs, attempt = 0, 0, 0
+    done, finished_runs, attempt, landed = 0, 0, 0, collections.Counter()
     while done < kills:
         name = f"killed-{finished_runs}"
         folder = tmp_path / name
@@ -165,6 +166,8 @@ def kill_and_resume(tmp_path, backend, kills, seed):
             process.communicate()
             done += 1
             every_checkpoint_loads(folder)
+            saved = [stage for stage in ("pretrain", "sft", "rl") if (folder / stage / "checkpoint.json").exists()]
+            landed[saved[-1] if saved else "none yet"] += 1
             continue
         assert process.returncode == 0, f"attempt {attempt} ({name} {resume}): {stderr}"
         assert comparable_metrics(folder) == reference[0], f"{name}: metrics differ from the unbroken run's"
@@ -178,6 +181,9 @@ def kill_and_resume(tmp_path, backend, kills, seed):
     assert comparable_metrics(tmp_path / name) == reference[0]
     for key, value in reference[1].items():
         assert np.array_equal(final_weights(tmp_path / name)[key], value), key
+    print(f"\n{backend}: {done} SIGKILLs in {attempt + 1} attempts; {finished_runs + 1} killed runs resumed to the end, "
+          f"each equal to the unbroken run (weights bit for bit, metrics less timing); lost: 0; "
+          f"kills by the newest checkpoint at the instant: {dict(landed)}")
     return done
 
 

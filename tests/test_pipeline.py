@@ -1,4 +1,5 @@
 """The pipeline end to end (cut down to seconds), resume, Ctrl-C, NaN, and one-line errors."""
+import contextlib
 import importlib.util
 import json
 import math
@@ -94,11 +95,40 @@ def interrupt_at(monkeypatch, call_number, backend="numpy"):
     monkeypatch.setattr(backend_class(backend), "optimizer_step", optimizer_step)
 
 
+@contextlib.contextmanager
+def final_optimizer_states(backend):
+    """Yields a list that, when the block ends, holds the AdamW state (moments and step counts, as a
+    checkpoint saves them) of every stage optimizer created within the block, read at the end."""
+    cls, created, states = backend_class(backend), [], []
+    original = cls.create_optimizer
+
+    def create_optimizer(self, model, lr, weight_decay):
+        optimizer = original(self, model, lr, weight_decay)
+        created.append((self, model, optimizer))
+        return optimizer
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cls, "create_optimizer", create_optimizer)
+        yield states
+    states.extend(instance.optimizer_state(model, optimizer) for instance, model, optimizer in created)
+
+
+def assert_same_optimizers(resumed, unbroken):
+    """The resumed run's stage optimizers (the stopped stage's and the later ones') end as the unbroken run's last ones."""
+    assert resumed and len(resumed) <= len(unbroken)
+    for (arrays, steps), (ref_arrays, ref_steps) in zip(resumed, unbroken[-len(resumed):]):
+        assert steps == ref_steps and list(arrays) == list(ref_arrays) and min(steps.values()) > 0
+        for name, value in ref_arrays.items():
+            assert np.array_equal(arrays[name], value), name
+
+
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_ctrl_c_saves_and_resume_matches_an_unbroken_run(tmp_path, monkeypatch, backend):
-    """Both backends: the weights, AdamW's moments and steps, and the stage state come back exactly."""
+    """Both backends, a real SIGINT in pretraining: after --resume every stage's weights, the final AdamW
+    moments and steps of every stage run after the stop, and metrics.jsonl less timing are the unbroken run's."""
     common = dict(backend=backend, runs_dir=str(tmp_path), **TINY)
-    run_pipeline(settings_for("quick", name="unbroken", **common), notify=lambda m: None)
+    with final_optimizer_states(backend) as unbroken_optimizers:
+        run_pipeline(settings_for("quick", name="unbroken", **common), notify=lambda m: None)
 
     interrupt_at(monkeypatch, 5, backend)  # during pretraining step 5: the step finishes, is saved, the run stops
     with pytest.raises(StageInterrupted, match="stopped at step 5 of 8.*--resume"):
@@ -111,12 +141,12 @@ def test_ctrl_c_saves_and_resume_matches_an_unbroken_run(tmp_path, monkeypatch, 
     with pytest.raises(RunFolderError, match="already holds a run"):
         run_pipeline(settings_for("quick", name="broken", **common), notify=lambda m: None)
     messages = []
-    run_pipeline(settings_for("quick", name="broken", resume=True, **common), notify=messages.append)
+    with final_optimizer_states(backend) as resumed_optimizers:
+        run_pipeline(settings_for("quick", name="broken", resume=True, **common), notify=messages.append)
     assert "pretrain: resuming at step 5 of 8" in messages
-    assert losses(tmp_path / "broken") == losses(tmp_path / "unbroken")
-    def rl_records(folder):  # everything but the wall-clock time of a step
-        return [{k: v for k, v in r.items() if k != "step_seconds"} for r in records(folder) if r["stage"] == "rl"]
-    assert rl_records(tmp_path / "broken") == rl_records(tmp_path / "unbroken")
+    assert_same_run(tmp_path / "broken", tmp_path / "unbroken")
+    assert len(resumed_optimizers) == 3
+    assert_same_optimizers(resumed_optimizers, unbroken_optimizers)
 
 
 def test_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -384,10 +414,12 @@ def assert_same_run(folder, reference):
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_ctrl_c_in_sft_or_rl_then_resume_gives_the_unbroken_run_bit_for_bit(tmp_path, monkeypatch, backend, stage):
     """A real SIGINT at the stage's step 2 (RL with the moving-average baseline, whose state is saved with
-    the stage): after --resume every stage's weights are bit-identical to an unbroken run's, and so is
-    metrics.jsonl less timing; the interrupted checkpoint holds AdamW's state and steps."""
+    the stage): after --resume every stage's weights are bit-identical to an unbroken run's, and so are
+    the final AdamW state of the stages run after the stop and metrics.jsonl less timing; the interrupted
+    checkpoint holds AdamW's state and steps."""
     common = dict(backend=backend, runs_dir=str(tmp_path), **{**TINY, "rl_steps": 3, "rl_advantage": "moving_average"})
-    run_pipeline(settings_for("quick", name="unbroken", **common), notify=lambda m: None)
+    with final_optimizer_states(backend) as unbroken_optimizers:
+        run_pipeline(settings_for("quick", name="unbroken", **common), notify=lambda m: None)
     first_step = {"sft": 1 + TINY["pretrain_steps"], "rl": 1 + TINY["pretrain_steps"] + TINY["sft_steps"]}[stage]
     interrupt_at(monkeypatch, first_step + 1, backend)
     with pytest.raises(StageInterrupted, match=f"{stage}: stopped at step 2 of"):
@@ -399,9 +431,12 @@ def test_ctrl_c_in_sft_or_rl_then_resume_gives_the_unbroken_run_bit_for_bit(tmp_
     if stage == "rl":
         assert stopped.meta["stage_state"]["baseline_steps"] == 2
     messages = []
-    run_pipeline(settings_for("quick", name="broken", resume=True, **common), notify=messages.append)
+    with final_optimizer_states(backend) as resumed_optimizers:
+        run_pipeline(settings_for("quick", name="broken", resume=True, **common), notify=messages.append)
     assert f"{stage}: resuming at step 2 of {common[stage + '_steps']}" in messages
     assert_same_run(tmp_path / "broken", tmp_path / "unbroken")
+    assert len(resumed_optimizers) == {"sft": 2, "rl": 1}[stage]
+    assert_same_optimizers(resumed_optimizers, unbroken_optimizers)
 
 
 def test_a_second_ctrl_c_during_the_save_leaves_a_checkpoint_that_resumes(tmp_path, monkeypatch):

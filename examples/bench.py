@@ -138,7 +138,7 @@ def rl_worker(backend_name, device, steps, kernels="fast"):
         save_checkpoint(Path(folder) / "start", weights, config, tokenizer, stage="sft", step=0, complete=True)
         settings = settings_for("seed", backend=backend_name, device=device, runs_dir=folder, name="rl",
                                 progress=False, rl_steps=steps + 1, rl_eval_every=10**7, kernels=kernels)
-        run, _ = rl_from_checkpoint(Path(folder) / "start", settings, notify=lambda message: None)
+        run, _, _ = rl_from_checkpoint(Path(folder) / "start", settings, notify=lambda message: None)
         seconds = run.metrics.series("rl", "step_seconds")[1][1:]  # the first step warms up
         lengths = run.metrics.series("rl", "length_chars")[1][1:]
     return {"ms": 1000 * float(np.mean(seconds)), "answer_chars": float(np.mean(lengths)),

@@ -77,7 +77,7 @@ def main(argv=None):
                 shutil.rmtree(args.out / name, ignore_errors=True)
                 try:
                     first = seed not in before  # the held-out reward before RL is the same for every method
-                    run, wall_time = rl_from_checkpoint(args.checkpoint, run_settings(
+                    run, wall_time, _ = rl_from_checkpoint(args.checkpoint, run_settings(
                         args.checkpoint, args, advantage, kl_coef, seed, name), notify=lambda message: None,
                         evaluate_before=first)
                 except (CheckpointError, ValueError, OSError) as error:

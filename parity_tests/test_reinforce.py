@@ -16,7 +16,7 @@ import minigpt_torch
 from minigpt_np.train import rl
 from minigpt_np.train.backend import NumpyBackend
 from minigpt_np.train.data import format_prompt
-from minigpt_np.train.stages import STAGES, Run, SamplingSettings
+from minigpt_np.train.stages import STAGES, Run, SamplingSettings, StageSettings
 from minigpt_np.train.tokenizer import CharTokenizer
 from minigpt_torch.backend import TorchBackend
 from parity_tests.helpers import check
@@ -79,7 +79,8 @@ def run_the_stage(backend, settings, steps, monkeypatch, tmp_path):
 
     monkeypatch.setattr(rl, "generate", recording_generate)
     monkeypatch.setattr(rl, "train_loop", one_step_at_a_time)
-    rl.reinforce(run, None, rl.RLSettings(**settings), INSTRUCTIONS, reward, [], reference_weights)
+    stage_settings = StageSettings(steps=steps, lr=1e-3, batch_size=1, eval_every=steps)
+    rl.reinforce(run, stage_settings, rl.RLSettings(**settings), INSTRUCTIONS, reward, [], reference_weights)
     return records
 
 

@@ -14,6 +14,8 @@ from safetensors.numpy import load_file
 from minigpt_np.train import backend as backend_module
 from minigpt_np.train.checkpoint import load_checkpoint
 from minigpt_np.train.pipeline import RunFolderError, run_pipeline, settings_for
+from minigpt_np.train.readability import answer_figures
+from minigpt_np.train.rewards import original_reward
 from minigpt_np.train.stages import StageInterrupted, TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,8 +31,8 @@ def load_cli(script="run_all"):
     return module
 
 
-def records(folder):
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+def records(folder, name="metrics.jsonl"):
+    return [json.loads(line) for line in (folder / name).read_text().splitlines()]
 
 
 def losses(folder):
@@ -55,6 +57,23 @@ def test_quick_preset_end_to_end(tmp_path, backend):
     assert "after sft" in report and "embedded" in report
     pretrain = [loss for stage, _, loss in losses(folder) if stage == "pretrain"]
     assert pretrain[-1] < pretrain[0] - 0.5, pretrain
+    # every RL answer of the last steps (here both) and the final policy's 64, each with its scores
+    kept = records(folder / "rl", "samples.jsonl")
+    assert [(r["step"], r.get("final", False)) for r in kept] == [(1, False)] * 2 + [(2, False)] * 2 + [(2, True)] * 64
+    answers = {r["answer"] for r in kept}
+    for record in kept:
+        assert record["reward"] == sum(original_reward(record["answer"]).values())
+        assert record["components"] == original_reward(record["answer"])
+        assert {k: record[k] for k in ("real_word_rate", "repeat_rate", "readable")} == answer_figures(record["answer"])
+        assert record["prompt"] == "Write a short tagline about coffee before practice." and record["stage"] == "rl"
+    final = [r for r in kept if r.get("final")]
+    rl_summary = summaries["rl"]["metrics"]
+    assert rl_summary["readable_frac"] == np.mean([r["readable"] for r in final])
+    assert rl_summary["original_reward_mean"] == np.mean([r["reward"] for r in final]) == rl_summary["reward_mean"]
+    assert rl_summary["unique_frac"] == len({r["answer"] for r in final}) / 64 and len(answers) > 1
+    assert "the 10 best and the 10 worst" in report and "| readable |" in report
+    step_records = [r for r in records(folder) if r["stage"] == "rl" and not r.get("summary") and "reward_mean" in r]
+    assert all({"real_word_rate", "repeat_rate", "readable_frac", "guarded_reward_mean"} <= set(r) for r in step_records)
     assert all(r["stage"] in ("pretrain", "sft", "rl") and isinstance(r["step"], int) for r in records(folder))
 
 
@@ -403,6 +422,7 @@ def comparable(folder):
 
 def assert_same_run(folder, reference):
     assert comparable(folder) == comparable(reference)
+    assert records(folder / "rl", "samples.jsonl") == records(reference / "rl", "samples.jsonl")
     for stage in ("pretrain", "sft", "rl"):
         ours, theirs = load_checkpoint(folder / stage), load_checkpoint(reference / stage)
         assert list(ours.weights) == list(theirs.weights)

@@ -2,7 +2,9 @@ import math
 
 import pytest
 
-from minigpt_np.train.rewards import original_reward, score
+from minigpt_np.train.readability import (answer_figures, most_repeats, readability_figures, readable,
+                                          real_word_rate, real_words, words)
+from minigpt_np.train.rewards import REWARDS, guarded_reward, original_reward, score
 
 
 def test_original_reward_components():
@@ -21,3 +23,42 @@ def test_score_reports_totals_components_and_names_failures():
         score(lambda text: {"x": 1 / 0} if text == "boom" else {"x": 1.0}, ["fine", "boom"])
     with pytest.raises(ValueError, match="gave nan for sample 0"):
         score(lambda text: {"x": math.nan}, ["a"])
+
+
+# ---------------------------------------------------------------------------- readability and the guarded reward
+HACKED = " Coffee coffee coffee can and coffee coffee and head! and head!"
+TAGLINE = " Coffee first, then we chase the ball all morning long!"
+
+
+def test_words_and_the_real_word_list():
+    assert words(" Coffee's warm, the night's long!") == ["coffee's", "warm", "the", "night's", "long"]
+    known = real_words()
+    assert 1500 < len(known) < 5000 and {"coffee", "practice", "morning", "the"} <= known
+    assert "cofee" not in known and "xqzt" not in known
+
+
+def test_readability_figures_by_hand():
+    assert answer_figures(TAGLINE) == {"real_word_rate": 1.0, "repeat_rate": 0.0, "readable": True}
+    hacked = answer_figures(HACKED)  # 11 words: coffee x5, and x3, head x2, can
+    assert hacked["real_word_rate"] == 1.0 and not hacked["readable"]
+    assert abs(hacked["repeat_rate"] - 7 / 11) <= 1e-15  # 4 + 2 + 1 repeats of an earlier word
+    assert most_repeats(HACKED) == 5
+    half = " the cofee is warmm"
+    assert real_word_rate(half) == 0.5 and not readable(half)
+    assert answer_figures("") == {"real_word_rate": 0.0, "repeat_rate": 0.0, "readable": False}
+    assert readable(" the the cup") and not readable(" the the the cup")  # twice is allowed, three times not
+    figures = readability_figures([TAGLINE, HACKED])
+    assert figures["readable_frac"] == 0.5 and abs(figures["repeat_rate"] - 7 / 22) <= 1e-15
+
+
+def test_guarded_reward_pays_the_original_for_readable_answers_only():
+    assert guarded_reward(TAGLINE) == original_reward(TAGLINE) and sum(guarded_reward(TAGLINE).values()) == 2.0
+    # coffee x5 (3 extra), and x3 (1 extra): gate 0.5 ** 4
+    assert guarded_reward(HACKED) == {name: value / 16 for name, value in original_reward(HACKED).items()}
+    assert sum(guarded_reward(" xqz vvb coffee plink!").values()) == 0.0  # a quarter real words: gate 0
+    seventy_five = " coffee warm cup zzq"  # 3 of 4 real: gate (0.75 - 0.5) / 0.4
+    assert abs(guarded_reward(seventy_five)["coffee"] - 0.625) <= 1e-15
+    for text in (TAGLINE, HACKED, seventy_five, "", " tea!"):  # never more than the original
+        for name, value in guarded_reward(text).items():
+            assert 0.0 <= value <= original_reward(text)[name]
+    assert REWARDS["guarded"] is guarded_reward

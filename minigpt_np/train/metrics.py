@@ -19,6 +19,14 @@ made after the stage ended, the same for every stage):
     step_seconds  wall-clock time of a step (batch or rollout, loss, backward, update; no evaluation),
                   the mean over the steps since the previous logged one
     length_chars  mean length of the sampled answers in characters
+    real_word_rate, repeat_rate, readable_frac   how much the sampled answers read as language
+                  (readability.py): the figures the reward does not see
+    original_reward_mean, guarded_reward_mean    the samples scored by each named reward, whichever
+                  reward the run trains on
+
+rl/samples.jsonl has the same form, one record per sampled answer (RL's last 20 steps, and the final
+policy's samples with "final": true): prompt, answer, reward, components, finished, real_word_rate,
+repeat_rate, readable.
 """
 import json
 import os
@@ -63,6 +71,15 @@ class MetricsLog:
         self.records.append(record)
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def log_many(self, stage, step, rows):
+        """Append one record per row (a dict of fields), all at the same step, with one write and one fsync."""
+        records = [{"stage": stage, "step": int(step), **{k: _plain(v) for k, v in row.items()}} for row in rows]
+        self.records.extend(records)
+        with open(self.path, "a") as handle:
+            handle.write("".join(json.dumps(record) + "\n" for record in records))
             handle.flush()
             os.fsync(handle.fileno())
 

@@ -21,7 +21,8 @@ from .data import (check_corpus, format_example, format_prompt, load_corpus, loa
 from .metrics import MetricsLog
 from .report import write_plots, write_report
 from .rewards import REWARDS, score
-from .rl import ADVANTAGES, RLSettings, answer_log_prob, degenerate_answer, reinforce
+from .rl import (ADVANTAGES, FINAL_SAMPLES, RLSettings, answer_log_prob, degenerate_answer, keep_final_samples,
+                 policy_samples, reinforce)
 from .stages import (STAGES, Run, SamplingSettings, StageSettings, answer_figures, language_model_figures,
                      pretrain, reward_figures, sample_answers, sft)
 from .tokenizer import CharTokenizer
@@ -103,7 +104,8 @@ class PipelineSettings:
                                               "logged reward is the reward function's)", valid=coefficient())
     rl_windows_per_pass: int = _setting(128, "RL update: sampled windows per forward/backward piece (less: "
                                         "less memory, a little slower)", valid=count(1, 10**6))
-    reward: str = _setting("original", "reward: original, or module:function returning {component: value}")
+    reward: str = _setting("original", "reward: original (coffee, \"!\", 8-20 words), guarded (the same, paid only "
+                           "for answers that read as language), or module:function returning {component: value}")
 
 
 PRESETS = {
@@ -276,12 +278,14 @@ def run_pipeline(settings, notify=print):
             continue
         _, wall_time = stage_calls[stage](_stage_settings(settings, stage))
         backend.set_training(run.model, False)
-        figures = stage_figures(run, stage, tokens, settings, held_out_pairs, rl_prompts, reward_fn)
+        figures, final_samples = stage_figures(run, stage, tokens, settings, held_out_pairs, rl_prompts, reward_fn)
         steps = getattr(settings, f"{stage}_steps")
         run.metrics.log(stage, steps, summary=True, **figures)
+        if stage == "rl":
+            keep_final_samples(run, steps, final_samples)
         samples = report_samples(run, settings.seed, report_prompts, reward_fn)
         run.save(stage, steps, True, metrics=figures,
-                 extra={"wall_time": wall_time, "samples": samples,
+                 extra={"wall_time": wall_time, "samples": samples, "final_samples": final_samples,
                         "train_loss": run.metrics.last(stage, "train_loss")})
         summaries[stage] = run.stage_checkpoint(stage).meta
         write_plots(folder, run.metrics)
@@ -310,7 +314,8 @@ def rl_from_checkpoint(checkpoint_folder, settings, notify=print, evaluate_befor
 
     The model's shape and vocabulary come from the checkpoint; RL, sampling and seed settings from
     settings. evaluate_before: also log the held-out reward before RL, as step 0. Returns (run, wall
-    time in seconds); the figures are in run.metrics.
+    time in seconds, the final policy's figures on FINAL_SAMPLES answers); every figure is in run.metrics,
+    the answers of the last steps and the final ones in rl/samples.jsonl.
     """
     checkpoint = load_checkpoint(checkpoint_folder)
     backend = backend_for(settings)
@@ -325,20 +330,27 @@ def rl_from_checkpoint(checkpoint_folder, settings, notify=print, evaluate_befor
             [run.seed, 3_000_003]), prefix="heldout_reward"))
     _, wall_time = reinforce(run, _stage_settings(settings, "rl"), rl_settings(settings), [RL_INSTRUCTION],
                              reward_fn, held_out_prompts, checkpoint.weights)
-    return run, wall_time
+    backend.set_training(run.model, False)
+    final, records = policy_samples(run, RL_INSTRUCTION, reward_fn, FINAL_SAMPLES,
+                                    np.random.default_rng([settings.seed, 4_000_037]))
+    run.metrics.log("rl", settings.rl_steps, summary=True, **final)
+    keep_final_samples(run, settings.rl_steps, records)
+    return run, wall_time, final
 
 
 def stage_figures(run, stage, tokens, settings, held_out_pairs, rl_prompts, reward_fn):
-    """The same figures after every stage, so the report can compare them."""
+    """The same figures after every stage, so the report can compare them; also the records of the
+    FINAL_SAMPLES answers to the RL prompt that the reward and readability figures come from."""
     rng = np.random.default_rng([settings.seed, 4_000_037])
     figures = language_model_figures(run, tokens["validation"], settings.eval_windows, settings.batch_size, "val")
     if stage == "pretrain":
         figures.update(language_model_figures(run, tokens["test"], settings.eval_windows, settings.batch_size, "test"))
     figures.update(answer_figures(run, held_out_pairs, settings.batch_size, rng))
-    figures.update(reward_figures(run, rl_prompts, reward_fn, 16, rng))
+    final, records = policy_samples(run, rl_prompts[0], reward_fn, FINAL_SAMPLES, rng)
+    figures.update(final)
     figures.update(reward_figures(run, [i for i, _ in held_out_pairs], reward_fn, 4, rng, prefix="heldout_reward"))
     figures["degenerate_logprob"] = answer_log_prob(run, format_prompt(rl_prompts[0]), degenerate_answer())
-    return figures
+    return figures, records
 
 
 def report_samples(run, seed, prompts, reward_fn):

@@ -2,14 +2,18 @@
 import math
 from pathlib import Path
 
+from .rl import FINAL_SAMPLES
+
 # (column title, where the value is) for the stage comparison table.
 COLUMNS = (
     ("steps", "step"), ("wall time (s)", "wall_time"), ("train loss", "train_loss"),
     ("val loss", "metrics.val_loss"), ("val bpc", "metrics.val_bpc"), ("answer loss", "metrics.answer_loss"),
     ("format rate", "metrics.format_rate"), ("reward mean", "metrics.reward_mean"),
     ("reward/coffee", "metrics.reward/coffee"), ("reward/exclamation", "metrics.reward/exclamation"),
-    ("reward/length", "metrics.reward/length"), ("held-out reward", "metrics.heldout_reward_mean"),
-    ("log p(degenerate)/char", "metrics.degenerate_logprob"),
+    ("reward/length", "metrics.reward/length"), ("original reward", "metrics.original_reward_mean"),
+    ("guarded reward", "metrics.guarded_reward_mean"), ("real-word rate", "metrics.real_word_rate"),
+    ("repeat rate", "metrics.repeat_rate"), ("readable", "metrics.readable_frac"), ("unique", "metrics.unique_frac"),
+    ("held-out reward", "metrics.heldout_reward_mean"), ("log p(degenerate)/char", "metrics.degenerate_logprob"),
 )
 
 
@@ -64,6 +68,9 @@ PLOTS = {
     "rl_diversity": ("rl_diversity.png", "RL: entropy and diversity of the samples",
                      (("entropy", "entropy (nats/char)"), ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"),
                       ("unique_frac", "unique answers"), ("kl", "KL to SFT (nats/char)"))),
+    "rl_readability": ("rl_readability.png", "RL: do the answers read as language?",
+                       (("readable_frac", "readable answers"), ("real_word_rate", "real-word rate"),
+                        ("repeat_rate", "repeat rate"))),
 }
 
 
@@ -93,6 +100,8 @@ def write_plots(folder, metrics):
             axes.set_ylabel("reward (max 2.0)")
         elif plot == "rl_diversity":
             axes.set_ylabel("nats per character, or fraction")
+        elif plot == "rl_readability":
+            axes.set_ylabel("fraction")
         else:
             axes.set_ylabel("nats per character")
         axes.set_xlabel("step")
@@ -150,7 +159,10 @@ def write_report(folder, context, summaries, metrics):
         lines.append(f"| {key} | {settings[key]} |")
     lines += ["", "## The stages compared", "",
               "Figures after each stage: validation loss on the corpus, answer-only loss and format rate on "
-              "the held-out pairs, mean reward of 16 samples for the RL prompt.", "",
+              f"the held-out pairs; on {FINAL_SAMPLES} samples for the RL prompt, the mean reward (the run's "
+              "reward and its components, then the original and the guarded reward), how much the answers "
+              "read as language (real-word rate, repeat rate, and the readable share: real-word rate >= 0.9 "
+              "and no word more than twice; see readability.py) and the share of distinct answers.", "",
               markdown_table(summary_rows(summaries)), ""]
     pretrain_metrics = summaries.get("pretrain", {}).get("metrics", {})
     if "test_loss" in pretrain_metrics:
@@ -192,6 +204,29 @@ def _reward_hacking_section(summaries, metrics):
         lines += ["", f"At the last RL step the policy's samples had reward {_format(last['reward_mean'])}, "
                   f"KL to SFT {_format(last['kl'])} nats per character, distinct-1 {_format(last['distinct_1'])}, "
                   f"distinct-2 {_format(last['distinct_2'])} and {_format(last['unique_frac'])} of them unique."]
+    before, after = (summaries.get(stage, {}).get("metrics", {}) for stage in ("sft", "rl"))
+    if "readable_frac" in before and "readable_frac" in after:
+        lines += ["", f"Did RL get what the reward meant? From SFT to RL, on {FINAL_SAMPLES} samples each: the "
+                  f"original reward went {_format(before['original_reward_mean'])} → "
+                  f"{_format(after['original_reward_mean'])} (the guarded one "
+                  f"{_format(before['guarded_reward_mean'])} → {_format(after['guarded_reward_mean'])}), the "
+                  f"readable share {_format(before['readable_frac'])} → {_format(after['readable_frac'])}, the "
+                  f"repeat rate {_format(before['repeat_rate'])} → {_format(after['repeat_rate'])}. A reward that "
+                  "climbs while the readable share falls has been hacked: the policy found answers that score "
+                  "without saying what the reward was written to ask for."]
+    final = summaries.get("rl", {}).get("final_samples")
+    if final:
+        ranked = sorted(final, key=lambda record: -record["reward"])
+        lines += ["", f"The final policy's {len(final)} answers, the 10 best and the 10 worst by the run's reward:", "",
+                  "| rank | answer | reward | original | real-word rate | repeat rate | readable |",
+                  "|---|---|---|---|---|---|---|"]
+        from .rewards import original_reward
+        shown = list(enumerate(ranked, 1))
+        for rank, record in shown[:10] + (shown[-10:] if len(shown) > 20 else shown[10:]):
+            lines.append(f"| {rank} | `{_one_line(record['answer'])}` | {_format(record['reward'])} | "
+                         f"{_format(sum(original_reward(record['answer']).values()))} | "
+                         f"{_format(record['real_word_rate'])} | {_format(record['repeat_rate'])} | "
+                         f"{'yes' if record['readable'] else 'no'} |")
     return lines
 
 

@@ -21,7 +21,30 @@ def original_reward(answer):
     }
 
 
-REWARDS = {"original": original_reward}
+def guarded_reward(answer):
+    """The original reward's intent, a short tagline about coffee with an exclamation mark, scored so
+    that word salad does not pay; at most 2.0, as the original.
+
+    The components are the original's, each multiplied by a readability gate (see readability.py):
+
+        gate = clip((real_word_rate - 0.5) / 0.4, 0, 1) * 0.5 ** extra_repeats
+
+    extra_repeats counts the words used beyond their second time ("coffee coffee coffee": 1). An answer
+    that reads as language (real-word rate >= 0.9, no word more than twice) has gate 1 and keeps the
+    original's score; each extra repeat halves it; an answer of half non-words or worse gets nothing.
+    So "coffee" pays once, and the "!" and the length only in an answer that reads.
+    """
+    from .readability import real_word_rate, words
+
+    counts = {}
+    for word in words(answer):
+        counts[word] = counts.get(word, 0) + 1
+    extra_repeats = sum(max(0, n - 2) for n in counts.values())
+    gate = min(1.0, max(0.0, (real_word_rate(answer) - 0.5) / 0.4)) * 0.5 ** extra_repeats
+    return {name: value * gate for name, value in original_reward(answer).items()}
+
+
+REWARDS = {"original": original_reward, "guarded": guarded_reward}
 
 
 def score(reward_fn, answers):

@@ -39,12 +39,16 @@ import numpy as np
 
 from ..functional import log_softmax_array
 from .data import IGNORE, format_prompt
-from .rewards import score
+from .metrics import MetricsLog
+from .readability import answer_figures, readability_figures
+from .rewards import REWARDS, score
 from .sampling import generate
-from .stages import reward_figures, train_loop
+from .stages import reward_figures, sample_answers, train_loop
 
 ADVANTAGES = ("none", "moving_average", "group_mean", "rloo", "group_zscore")
 ZSCORE_EPS = 1e-6
+KEPT_STEPS = 20  # rl/samples.jsonl keeps every answer of the stage's last KEPT_STEPS steps
+FINAL_SAMPLES = 64  # answers sampled from the policy after each stage, for its figures and the report
 
 
 @dataclass
@@ -210,6 +214,39 @@ def text_figures(answers, finished):
     }
 
 
+def sample_figures(answers, finished):
+    """Everything measured on a set of sampled answers besides the training reward: length, truncation,
+    diversity, readability, and the mean of every named reward."""
+    return {**text_figures(answers, finished), **readability_figures(answers),
+            **{f"{name}_reward_mean": float(np.mean(score(fn, answers)[0])) for name, fn in REWARDS.items()}}
+
+
+def sample_records(prompts, answers, finished, rewards, components):
+    """One rl/samples.jsonl record per answer: what was asked, what was said, and how it scored."""
+    return [{"prompt": prompt, "answer": answer, "reward": float(reward),
+             "components": {name: values[i] for name, values in components.items()}, "finished": bool(done),
+             **answer_figures(answer)}
+            for i, (prompt, answer, done, reward) in enumerate(zip(prompts, answers, finished, rewards))]
+
+
+def policy_samples(run, instruction, reward_fn, n, rng):
+    """n answers to one instruction at the run's sampling settings: (figures, one record per answer).
+    figures: reward_mean and reward/<component> by the run's reward, and sample_figures."""
+    answers, finished = zip(*sample_answers(run, instruction, n, rng))
+    totals, components = score(reward_fn, answers)
+    figures = {"reward_mean": float(np.mean(totals)),
+               **{f"reward/{name}": float(np.mean(values)) for name, values in components.items()},
+               **sample_figures(answers, finished)}
+    return figures, sample_records([instruction] * n, answers, finished, totals, components)
+
+
+def keep_final_samples(run, step, records):
+    """Add the final policy's answers to rl/samples.jsonl, marked "final"."""
+    run.stage_folder("rl").mkdir(parents=True, exist_ok=True)
+    MetricsLog(run.stage_folder("rl") / "samples.jsonl", run.notify).log_many(
+        "rl", step, [{"final": True, **record} for record in records])
+
+
 def degenerate_answer(n_words=8):
     """The string that maximises the original reward without saying anything."""
     return " " + " ".join(["coffee"] * n_words) + "!"
@@ -239,9 +276,17 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
     backend.set_training(reference, False)
     prompt_ids = [run.tokenizer.encode(format_prompt(p)) for p in prompts]
     G = rl_settings.samples_per_prompt
-    state = {"baseline": 0.0, "baseline_steps": 0}  # the moving-average baseline, saved with checkpoints
+    # the moving-average baseline and the steps done, saved with checkpoints
+    state = {"baseline": 0.0, "baseline_steps": 0, "step": 0}
+    run.stage_folder("rl").mkdir(parents=True, exist_ok=True)
+    samples_log = MetricsLog(run.stage_folder("rl") / "samples.jsonl", run.notify)
+    resumed = []
 
     def make_loss(rng):
+        if not resumed:  # the first step of this process: forget the samples of steps a resume redoes
+            samples_log.truncate_after("rl", state["step"])
+            resumed.append(True)
+        state["step"] += 1
         backend.set_training(model, False)
         chosen = rng.choice(len(prompts), size=rl_settings.prompts_per_step,
                             replace=len(prompts) < rl_settings.prompts_per_step)
@@ -253,6 +298,9 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
         rewards, components = score(reward_fn, answers)
         rewards = np.asarray(rewards)
         N = len(answers)
+        if state["step"] > settings.steps - KEPT_STEPS:
+            samples_log.log_many("rl", state["step"], sample_records(
+                [prompts[c] for c in chosen for _ in range(G)], answers, finished, rewards, components))
 
         # The windows the samples were drawn from, in pieces; the frozen reference scores them first.
         batches = policy_windows(sample_prompts, generated, lengths, T, rl_settings.windows_per_pass)
@@ -288,7 +336,7 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
                    **{f"reward/{name}": float(np.mean(v)) for name, v in components.items()},
                    "zero_std_frac": float(np.mean(groups.std(axis=1) == 0)),
                    "kl": float(token_kl.mean()), "entropy": float(token_entropy.mean()),
-                   **text_figures(answers, finished), "policy_loss": loss_value}
+                   **sample_figures(answers, finished), "policy_loss": loss_value}
         return None, figures  # the gradients are accumulated already
 
     def evaluate():

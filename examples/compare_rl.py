@@ -1,160 +1,262 @@
-"""Compare RL methods from one SFT checkpoint: each advantage estimator, with and without a KL leash.
+"""Compare RL methods and best-of-N from one SFT checkpoint: does the policy get what the reward meant?
 
-    python examples/run_all.py --backend torch --preset quick              # makes runs/quick-torch/sft
-    python examples/compare_rl.py runs/quick-torch/sft --backend torch
+    python examples/run_all.py --backend torch                        # the seed preset: runs/seed-torch/sft
+    python examples/compare_rl.py runs/seed-torch/sft --budget        # the default comparison (< 15 min, 2 cores)
+    python examples/compare_rl.py runs/seed-torch/sft                 # the whole grid (hours on a CPU)
 
-Every method samples the same number of completions (steps x prompts x samples per prompt), over
-several seeds. Writes <out>/comparison.md (final reward mean +- std over seeds, KL to SFT, distinct-2,
-unique fraction, held-out reward before and after, wall time; with --unique-of N also how many of N
-fresh samples are distinct) and <out>/comparison.png (reward curves, mean over seeds). A new
-comparison in the same --out folder replaces the runs of the old one.
+RL runs: reward (original, guarded) x KL coefficient x advantage estimator x seed, each sampling the same
+number of answers (steps x samples per step), all from the checkpoint, with its run's sampling settings.
+After each run the final policy answers the RL prompt 64 times; those answers give the final figures:
+the original and the guarded reward, real-word rate, repeat rate, readable share (real-word rate >= 0.9
+and no word more than twice), unique share and distinct-2. "last steps" is the mean original reward of
+the run's last --last steps; "KL" the mean exact KL to the SFT policy per answer (nats, summed over the
+answer's characters) over those steps.
+
+Best-of-N, no training: a pool of --pool answers sampled from the SFT policy, split into groups of N, and
+from each group the best answer by the reward kept, for each reward and N; its KL to the SFT policy is
+the bound log N - (N-1)/N and the estimate from the pool's reward levels (minigpt_np/train/best_of_n.py).
+
+Writes <out>/comparison.md (the table, mean +- std over seeds), frontier.png (final original reward
+against KL per answer, coloured by real-word rate, best-of-N among the RL runs), curves.png (original
+reward and readable share per step), results.json (every figure of every run). A new comparison in the
+same --out folder replaces the runs of the old one.
 """
 import argparse
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
+from minigpt_np.train import best_of_n
 from minigpt_np.train.checkpoint import CheckpointError, load_checkpoint
-from minigpt_np.train.pipeline import RL_INSTRUCTION, rl_from_checkpoint, settings_for
-from minigpt_np.train.rl import ADVANTAGES
-from minigpt_np.train.stages import sample_answers
+from minigpt_np.train.pipeline import RL_INSTRUCTION, backend_for, rl_from_checkpoint, settings_for
+from minigpt_np.train.rewards import REWARDS, score
+from minigpt_np.train.rl import ADVANTAGES, sample_figures
+from minigpt_np.train.stages import Run, SamplingSettings, sample_answers
 from minigpt_np.train.validation import SEED, OneLineParser, check_values, coefficient, count, positive
 
 RANGES = {"steps": count(1, 10**6), "samples": count(1, 4096), "lr": positive(10.0), "seeds": SEED,
-          "kl_coefs": coefficient(), "last": count(1, 10**6), "unique_of": count(0, 10**5)}
+          "kl_coefs": coefficient(), "last": count(1, 10**6), "best_of": count(1, 4096), "pool": count(1, 10**6)}
+# The whole grid, and the budget preset (each setting given on the command line overrides either).
+GRID = dict(rewards=list(REWARDS), kl_coefs=[0.0, 0.05, 0.2, 0.5], advantages=["none", "rloo"], seeds=[0, 1, 2],
+            steps=150, samples=16, best_of=[1, 4, 16, 64], pool=1024)
+BUDGET = dict(rewards=list(REWARDS), kl_coefs=[0.0, 0.2], advantages=["none", "rloo"], seeds=[0, 1, 2],
+              steps=25, samples=8, best_of=[1, 4, 16, 64], pool=512)
+FIGURES = ("last_original", "original_reward_mean", "guarded_reward_mean", "real_word_rate", "repeat_rate",
+           "readable_frac", "unique_frac", "distinct_2", "kl_per_answer", "wall_time")
+HEADERS = ("original reward, last steps", "final: original", "guarded", "real-word rate", "repeat rate",
+           "readable", "unique", "distinct-2", "KL per answer (nats)", "wall time (s)")
 
 
-def run_settings(checkpoint, args, advantage, kl_coef, seed, name):
+def run_settings(checkpoint, args, reward, advantage, kl_coef, seed, name):
     """The SFT run's own sampling settings (when its settings.json is there) with this method on top."""
     saved = Path(checkpoint).parent / "settings.json"
     base = json.loads(saved.read_text()) if saved.exists() else {}
-    keep = {k: base[k] for k in ("temperature", "top_k", "max_new_tokens", "sft_file", "reward") if k in base}
+    keep = {k: base[k] for k in ("temperature", "top_k", "max_new_tokens", "sft_file") if k in base}
     return settings_for(base.get("preset", "seed"), **keep, backend=args.backend, device=args.device,
                         runs_dir=str(args.out), name=name, seed=seed, progress=False, rl_steps=args.steps,
                         rl_lr=args.lr, rl_samples=args.samples, rl_advantage=advantage, rl_kl_coef=kl_coef,
-                        rl_eval_every=args.steps)
+                        rl_eval_every=args.steps, reward=reward)
+
+
+def parse(argv):
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="the SFT stage folder to start every RL run from")
+    parser.add_argument("--budget", action="store_true",
+                        help=f"the default comparison, small enough for 2 CPU cores in under 15 minutes: {BUDGET}")
+    parser.add_argument("--backend", default="torch", choices=("torch", "numpy"), help="default torch")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--rewards", nargs="+", choices=list(REWARDS), help=f"default {GRID['rewards']}")
+    parser.add_argument("--kl-coefs", type=float, nargs="+", help=f"betas (default {GRID['kl_coefs']})")
+    parser.add_argument("--advantages", nargs="+", choices=ADVANTAGES, help=f"default {GRID['advantages']}")
+    parser.add_argument("--seeds", type=int, nargs="+", help=f"default {GRID['seeds']}")
+    parser.add_argument("--steps", type=int, help=f"RL steps per run (default {GRID['steps']})")
+    parser.add_argument("--samples", type=int, help=f"samples per RL step (default {GRID['samples']})")
+    parser.add_argument("--lr", type=float, default=1e-4, help="RL learning rate (default 1e-4)")
+    parser.add_argument("--best-of", type=int, nargs="+", help=f"N of best-of-N (default {GRID['best_of']})")
+    parser.add_argument("--pool", type=int, help=f"SFT answers sampled for best-of-N (default {GRID['pool']})")
+    parser.add_argument("--last", type=int, default=20, help="steps averaged for the 'last steps' figures (default 20)")
+    parser.add_argument("--out", type=Path, default=Path("runs/compare-rl"), help="output folder")
+    args = parser.parse_args(argv)
+    for name, value in (BUDGET if args.budget else GRID).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
 
 
 def main(argv=None):
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="the SFT stage folder to start every RL run from")
-    parser.add_argument("--backend", default="torch", choices=("torch", "numpy"), help="default torch")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--steps", type=int, default=25, help="RL steps per run (default 25)")
-    parser.add_argument("--samples", type=int, default=8, help="samples per prompt per step (default 8)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="RL learning rate (default 1e-4)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default 0 1 2")
-    parser.add_argument("--kl-coefs", type=float, nargs="+", default=[0.0, 0.05], help="betas (default 0 0.05)")
-    parser.add_argument("--advantages", nargs="+", default=list(ADVANTAGES), choices=ADVANTAGES)
-    parser.add_argument("--last", type=int, default=5, help="final figures: mean of the last N steps (default 5)")
-    parser.add_argument("--unique-of", type=int, default=0,
-                        help="after each run, sample this many answers and count the distinct ones (default 0: off)")
-    parser.add_argument("--out", type=Path, default=Path("runs/compare-rl"), help="output folder")
-    args = parser.parse_args(argv)
+    args = parse(argv)
     try:  # every setting, and every run's, before any folder is written
         check_values(vars(args), RANGES)
         if args.out.exists() and not args.out.is_dir():
             raise ValueError(f"--out: {args.out} is a file, not a folder")
-        for advantage in args.advantages:
-            for kl_coef in args.kl_coefs:
-                run_settings(args.checkpoint, args, advantage, kl_coef, args.seeds[0], "check")
+        if max(args.best_of) > args.pool:
+            raise ValueError(f"--best-of: {max(args.best_of)} is more than the --pool of {args.pool} answers")
+        for reward in args.rewards:
+            for advantage in args.advantages:
+                for kl_coef in args.kl_coefs:
+                    run_settings(args.checkpoint, args, reward, advantage, kl_coef, args.seeds[0], "check")
         load_checkpoint(args.checkpoint)
     except (CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-
-    results, before = {}, {}
-    for advantage in args.advantages:
-        for kl_coef in args.kl_coefs:
-            method = f"{advantage}, beta={kl_coef:g}"
-            runs = []
-            for seed in args.seeds:
-                name = f"{advantage}-beta{kl_coef:g}-seed{seed}"
-                shutil.rmtree(args.out / name, ignore_errors=True)
-                try:
-                    first = seed not in before  # the held-out reward before RL is the same for every method
-                    run, wall_time, _ = rl_from_checkpoint(args.checkpoint, run_settings(
-                        args.checkpoint, args, advantage, kl_coef, seed, name), notify=lambda message: None,
-                        evaluate_before=first)
-                except (CheckpointError, ValueError, OSError) as error:
-                    print(f"error: {error}", file=sys.stderr)
-                    return 2
-                series = {k: run.metrics.series("rl", k)[1]
-                          for k in ("reward_mean", "kl", "distinct_2", "unique_frac", "heldout_reward_mean")}
-                if first:
-                    before[seed] = series["heldout_reward_mean"][0]
-                result = {"series": series, "wall_time": wall_time, "heldout_before": before[seed]}
-                line = (f"{method:<28} seed {seed}: final reward {np.mean(series['reward_mean'][-args.last:]):.3f} "
-                        f"({wall_time:.1f} s)")
-                if args.unique_of:
-                    run.backend.set_training(run.model, False)
-                    answers = [text for text, _ in
-                               sample_answers(run, RL_INSTRUCTION, args.unique_of, np.random.default_rng(seed))]
-                    result["unique_of"] = len(set(answers))
-                    line += f"; {len(set(answers))} of {args.unique_of} samples unique, e.g. {answers[0]!r}"
-                runs.append(result)
-                print(line, flush=True)
-            results[method] = runs
-
-    unique_header = f" unique of {args.unique_of} after |" if args.unique_of else ""
-    rows = ["| method | final reward (mean ± std over seeds) | KL to SFT | distinct-2 | unique |" + unique_header
-            + " held-out reward before → after | wall time (s) |",
-            "|---|---|---|---|---|" + ("---|" if args.unique_of else "") + "---|---|"]
-    for method, runs in results.items():
-        def final(name):
-            return [np.mean(r["series"][name][-args.last:]) for r in runs]
-        rewards = final("reward_mean")
-        rows.append(f"| {method} | {np.mean(rewards):.3f} ± {np.std(rewards):.3f} | {np.mean(final('kl')):.4f} | "
-                    f"{np.mean(final('distinct_2')):.3f} | {np.mean(final('unique_frac')):.3f} | "
-                    + (f"{np.mean([r['unique_of'] for r in runs]):.1f} | " if args.unique_of else "")
-                    + f"{np.mean([r['heldout_before'] for r in runs]):.3f} → "
-                    f"{np.mean([r['series']['heldout_reward_mean'][-1] for r in runs]):.3f} | "
-                    f"{np.mean([r['wall_time'] for r in runs]):.1f} |")
-    completions = args.steps * args.samples
-    header = [f"# RL methods compared from `{args.checkpoint}`", "",
-              f"{args.backend} backend; {args.steps} steps x {args.samples} samples = {completions} completions per "
-              f"run; seeds {args.seeds}; final figures are means over the last {args.last} steps.", ""]
-    notes = scale_note(args.advantages)
-    (args.out / "comparison.md").write_text("\n".join(header + rows + notes) + "\n\n![reward curves](comparison.png)\n")
-    plot(results, args.out / "comparison.png")
-    print("\n".join(rows + notes))
-    print(f"\nwritten: {args.out / 'comparison.md'}, {args.out / 'comparison.png'}")
+    started = time.perf_counter()
+    try:
+        baseline = best_of_n_baseline(args)
+        results = rl_runs(args)
+    except (CheckpointError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    write_results(args, results, baseline, time.perf_counter() - started)
     return 0
 
 
-def scale_note(advantages):
-    """Why group_mean, rloo and group_zscore can come out (nearly) the same."""
-    if len({"group_mean", "rloo", "group_zscore"} & set(advantages)) < 2:
-        return []
-    return ["", "Within one group, rloo's advantages are G/(G-1) times group_mean's and group_zscore's are "
-            "group_mean's divided by the group's std: the same direction, another scale. AdamW divides each "
-            "update by a running gradient size, so a constant scale changes (almost) nothing, and with one prompt "
-            "per step the three runs follow nearly the same path; they part where the std changes from step to "
-            "step (group_zscore) or where several prompts share a step."]
+def rl_runs(args):
+    """method -> [figures of each seed's run]."""
+    results = {}
+    total, done = len(args.rewards) * len(args.advantages) * len(args.kl_coefs) * len(args.seeds), 0
+    for reward in args.rewards:
+        for advantage in args.advantages:
+            for kl_coef in args.kl_coefs:
+                method = f"RL {reward}, {advantage}, beta={kl_coef:g}"
+                results[method] = []
+                for seed in args.seeds:
+                    name = f"{reward}-{advantage}-beta{kl_coef:g}-seed{seed}"
+                    shutil.rmtree(args.out / name, ignore_errors=True)
+                    run, wall_time, final = rl_from_checkpoint(args.checkpoint, run_settings(
+                        args.checkpoint, args, reward, advantage, kl_coef, seed, name), notify=lambda message: None)
+                    last = lambda figure: float(np.mean(run.metrics.series("rl", figure)[1][-args.last:]))
+                    figures = {**{k: final[k] for k in FIGURES[1:-2]}, "last_original": last("original_reward_mean"),
+                               "kl_per_answer": last("kl_per_answer"), "wall_time": wall_time,
+                               "curves": {k: run.metrics.series("rl", k)[1]
+                                          for k in ("original_reward_mean", "readable_frac", "kl_per_answer")}}
+                    results[method].append(figures)
+                    done += 1
+                    print(f"[{done}/{total}] {method}, seed {seed}: original reward {figures['last_original']:.3f} "
+                          f"(last {args.last} steps), final {final['original_reward_mean']:.3f}, readable "
+                          f"{final['readable_frac']:.2f}, KL {figures['kl_per_answer']:.2f} nats per answer "
+                          f"({wall_time:.0f} s)", flush=True)
+    return results
 
 
-def plot(results, path):
+def best_of_n_baseline(args):
+    """method -> [figures] of best-of-N by each reward, from one pool of SFT answers (seed: the first)."""
+    checkpoint = load_checkpoint(args.checkpoint)
+    settings = run_settings(args.checkpoint, args, args.rewards[0], args.advantages[0], 0.0, args.seeds[0], "pool")
+    backend = backend_for(settings)
+    model = backend.create_model(checkpoint.config, settings.seed)
+    backend.load_state_dict(model, checkpoint.weights)
+    backend.set_training(model, False)
+    run = Run(backend, model, checkpoint.config, checkpoint.tokenizer, args.out, None, settings.seed,
+              SamplingSettings(settings.temperature, settings.top_k, settings.max_new_tokens), progress=False)
+    rng = np.random.default_rng([settings.seed, 6_000_011])
+    started, pool = time.perf_counter(), []
+    while len(pool) < args.pool:
+        pool += sample_answers(run, RL_INSTRUCTION, min(256, args.pool - len(pool)), rng)
+    seconds = time.perf_counter() - started
+    print(f"best-of-N: {len(pool)} answers sampled from the SFT policy in {seconds:.0f} s", flush=True)
+    answers, finished = [a for a, _ in pool], [f for _, f in pool]
+    results = {}
+    for reward in args.rewards:
+        rewards = score(REWARDS[reward], answers)[0]
+        for n in args.best_of:
+            chosen = best_of_n.choose(rewards, n)
+            figures = sample_figures([answers[i] for i in chosen], [finished[i] for i in chosen])
+            results[f"best-of-{n} by {reward}"] = [{
+                **{k: figures[k] for k in FIGURES[1:-2]}, "last_original": None,
+                "kl_per_answer": best_of_n.kl_estimate(rewards, n), "kl_bound": best_of_n.kl_bound(n),
+                "wall_time": seconds * n / len(pool) * len(chosen), "answers": len(chosen)}]
+    return results
+
+
+def _cell(values, digits=3):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
+def write_results(args, results, baseline, seconds):
+    rows = ["| method | " + " | ".join(HEADERS) + " |", "|---|" + "---|" * len(HEADERS)]
+    for method, runs in {**baseline, **results}.items():
+        cells = [_cell([r[k] for r in runs], 1 if k == "wall_time" else 3) for k in FIGURES]
+        if "kl_bound" in runs[0]:
+            cells[FIGURES.index("kl_per_answer")] += f" (bound {runs[0]['kl_bound']:.3f})"
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    answers = args.steps * args.samples
+    lines = [f"# RL against best-of-N from `{args.checkpoint}`", "",
+             f"{args.backend} backend; each RL run samples {args.steps} steps x {args.samples} = {answers} answers; "
+             f"seeds {args.seeds} (mean ± std over seeds); final figures on 64 answers of the final policy; "
+             f"best-of-N from a pool of {args.pool} SFT answers (each of its figures on pool / N answers). "
+             f"Whole comparison: {seconds / 60:.1f} minutes.", "", *rows, "",
+             "![original reward against KL](frontier.png)", "", "![curves](curves.png)", ""]
+    (args.out / "comparison.md").write_text("\n".join(lines), encoding="utf-8")
+    (args.out / "results.json").write_text(json.dumps({"settings": {k: str(v) if isinstance(v, Path) else v
+                                                                    for k, v in vars(args).items()},
+                                                       "best_of_n": baseline, "rl": results}, indent=1))
+    plot_frontier(results, baseline, args.out / "frontier.png")
+    plot_curves(results, args.out / "curves.png")
+    print("\n".join(rows))
+    print(f"\nwritten: {args.out / 'comparison.md'}, frontier.png, curves.png, results.json "
+          f"({seconds / 60:.1f} minutes)")
+
+
+def plot_frontier(results, baseline, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 5))
-    for method, runs in results.items():
-        curves = np.array([r["series"]["reward_mean"] for r in runs])
-        mean = curves.mean(axis=0)
-        steps = np.arange(1, len(mean) + 1)
-        style = "--" if "beta=0," in method + "," else "-"
-        axes.plot(steps, mean, style, label=method)
-    axes.set_xlabel("RL step")
-    axes.set_ylabel("reward mean (max 2.0), mean over seeds")
-    axes.set_title("RL methods from the same SFT checkpoint")
+    figure, axes = plt.subplots(figsize=(8, 5.5))
+    markers = {"original": "o", "guarded": "s"}
+    points = None
+    for method, runs in {**results, **baseline}.items():
+        reward = method.split(" by ")[-1] if method.startswith("best-of") else method.split(",")[0].split()[-1]
+        kl = [max(r["kl_per_answer"], 1e-3) for r in runs]
+        points = axes.scatter(kl, [r["original_reward_mean"] for r in runs], c=[r["real_word_rate"] for r in runs],
+                              cmap="viridis", vmin=0.5, vmax=1.0, s=90 if method.startswith("best-of") else 40,
+                              marker="*" if method.startswith("best-of") else markers.get(reward, "o"),
+                              edgecolors="black" if reward == "guarded" else "none", linewidths=0.6)
+        if method.startswith("best-of"):
+            axes.annotate(method.replace("best-of-", "N=").replace(" by ", ", "), (kl[0], runs[0]["original_reward_mean"]),
+                          fontsize=7, xytext=(4, -10), textcoords="offset points")
+    if points is not None:
+        figure.colorbar(points, label="real-word rate of the final answers")
+    axes.set_xscale("log")
+    axes.set_xlabel("KL to the SFT policy per answer (nats; log scale, 0 drawn at 1e-3)")
+    axes.set_ylabel("original reward of the final answers (max 2.0)")
+    axes.set_title("Reward against distance from SFT: o RL original, ■ RL guarded (outlined), ★ best-of-N")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_curves(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    for method, runs in results.items():
+        style = "-" if "guarded" in method else "--"
+        for axes, figure_name in ((top, "original_reward_mean"), (bottom, "readable_frac")):
+            curves = np.array([r["curves"][figure_name] for r in runs])
+            axes.plot(np.arange(1, curves.shape[1] + 1), curves.mean(axis=0), style, label=method.removeprefix("RL "))
+    top.set_ylabel("original reward (mean over seeds)")
+    bottom.set_ylabel("readable share of the step's answers")
+    bottom.set_xlabel("RL step")
+    top.set_title("RL from the same SFT checkpoint: solid, trained on the guarded reward; dashed, on the original")
+    for axes in (top, bottom):
+        axes.grid(alpha=0.3)
+    top.legend(fontsize=7, ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

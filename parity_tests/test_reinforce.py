@@ -141,6 +141,7 @@ def independent_step(rollout, prompts, rl_settings, baseline):
     return {
         "loss": loss.detach(), "grads": {name: p.grad for name, p in policy.named_parameters()},
         "kl": float(torch.cat(kls).detach().mean()), "entropy": float(torch.cat(entropies).detach().mean()),
+        "kl_per_answer": float(np.mean([float(k.detach().sum()) for k in kls])),
         "reward_mean": float(rewards.mean()), "shaped_mean": float(shaped.mean()),
     }
 
@@ -172,7 +173,7 @@ def test_reinforce_step_on_both_backends_equals_an_independent_computation(case,
             check({"policy_loss": np.float64(record_figures["policy_loss"])}, {"policy_loss": expected["loss"]},
                   "float64", "value", f"{what} ({name})", scope="model")
             check(record_grads, expected["grads"], "float64", "grad", f"{what} ({name})", scope="model")
-            for figure in ("kl", "entropy", "reward_mean"):
+            for figure in ("kl", "entropy", "reward_mean", "kl_per_answer"):
                 assert abs(record_figures[figure] - expected[figure]) <= 1e-10, (name, figure)
         if rl_settings.advantage == "moving_average":
             # b starts at the first step's mean shaped reward, then b <- decay * b + (1 - decay) * mean

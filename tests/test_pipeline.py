@@ -273,7 +273,10 @@ def test_resume_refuses_damaged_or_mismatched_checkpoints(tmp_path, capsys):
     assert code == 2 and "different vocabulary" in message
 
 
-def test_compare_rl_writes_a_table_and_a_plot(tmp_path, capsys):
+def test_compare_rl_writes_the_table_the_plots_and_every_figure(tmp_path, capsys):
+    """Both rewards x two advantages x two betas x two seeds, and best-of-N by both rewards: every
+    method has its row; the best-of-N figures are those of the pool answers it chose (checked from the
+    runs' own samples files and results.json)."""
     settings = settings_for("quick", backend="numpy", runs_dir=str(tmp_path), name="base",
                             **{**TINY, "rl_steps": 1})
     run_pipeline(settings, notify=lambda message: None)
@@ -281,12 +284,25 @@ def test_compare_rl_writes_a_table_and_a_plot(tmp_path, capsys):
     out = tmp_path / "compare"
     assert compare.main([str(tmp_path / "base" / "sft"), "--backend", "numpy", "--steps", "2", "--samples", "2",
                          "--seeds", "0", "1", "--advantages", "rloo", "none", "--kl-coefs", "0", "0.1",
-                         "--out", str(out)]) == 0
+                         "--best-of", "1", "4", "--pool", "8", "--last", "2", "--out", str(out)]) == 0
     table = (out / "comparison.md").read_text()
-    for method in ("rloo, beta=0 ", "rloo, beta=0.1", "none, beta=0 ", "none, beta=0.1"):
-        assert f"| {method.strip()} |" in table
-    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
-    assert (out / "rloo-beta0.1-seed1" / "metrics.jsonl").exists()
+    for reward in ("original", "guarded"):
+        for method in ("rloo, beta=0", "rloo, beta=0.1", "none, beta=0", "none, beta=0.1"):
+            assert f"| RL {reward}, {method} |" in table
+        assert f"| best-of-1 by {reward} |" in table and f"| best-of-4 by {reward} |" in table
+    for plot in ("frontier.png", "curves.png"):
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+    results = json.loads((out / "results.json").read_text())
+    run = results["rl"]["RL guarded, rloo, beta=0.1"][1]
+    final = [r for r in records(out / "guarded-rloo-beta0.1-seed1" / "rl", "samples.jsonl") if r.get("final")]
+    assert len(final) == 64 and run["readable_frac"] == np.mean([r["readable"] for r in final])
+    assert run["original_reward_mean"] == np.mean([sum(original_reward(r["answer"]).values()) for r in final])
+    assert run["guarded_reward_mean"] == np.mean([r["reward"] for r in final])  # trained on, and scored by, guarded
+    best_of_one = results["best_of_n"]["best-of-1 by original"][0]
+    assert best_of_one["kl_per_answer"] == 0.0 and best_of_one["kl_bound"] == 0.0 and best_of_one["answers"] == 8
+    best_of_four = results["best_of_n"]["best-of-4 by original"][0]
+    assert best_of_four["answers"] == 2 and best_of_four["original_reward_mean"] >= best_of_one["original_reward_mean"]
+    assert "(bound 0.636)" in table
 
 
 @pytest.mark.slow

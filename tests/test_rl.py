@@ -159,9 +159,11 @@ def test_gradient_accumulated_in_pieces_equals_one_pass():
     for max_rows in (None, 2):
         batches = policy_windows(sample_prompts, generated, lengths, 6, max_rows)
         reference_logits = [backend.predict(reference, ids, targets.shape[1]) for ids, targets, _ in batches]
-        loss, kl, entropy = accumulate_policy_gradient(backend, model, batches, reference_logits, per_sample,
-                                                       0.9, 5, 0.1, 0.02)
-        results.append((loss, np.sort(kl), np.sort(entropy), [p.grad.copy() for p in model.parameters()]))
+        loss, kl, entropy, sample = accumulate_policy_gradient(backend, model, batches, reference_logits,
+                                                               per_sample, 0.9, 5, 0.1, 0.02)
+        assert np.array_equal(np.bincount(sample, minlength=6), lengths)  # each sampled token once, by its sample
+        order = np.lexsort((kl, sample))
+        results.append((loss, kl[order], entropy[order], [p.grad.copy() for p in model.parameters()]))
         for p in model.parameters():
             p.grad = None
         assert max_rows is None or all(len(ids) <= 2 for ids, _, _ in batches)

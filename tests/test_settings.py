@@ -25,13 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 BAD_VALUES = ["-1", "-5", "nan", "inf", "-inf", "1e300", str(10**30), "0"]
 # Settings for which 0 is a valid value (the test's own list, not the code's ranges).
 ZERO_IS_VALID = {"checkpoint_every", "dropout", "weight_decay", "rl_kl_coef", "rl_entropy_coef",
-                 "rl_missing_stop_penalty", "rl_baseline_decay", "seed", "unique_of", "warmup", "kl_coefs",
+                 "rl_missing_stop_penalty", "rl_baseline_decay", "seed", "warmup", "kl_coefs",
                  "sample:temperature", "sample:seed", "compare_rl:seeds"}
 
 NUMERIC = {
     "run_all": [f.name for f in dataclasses.fields(PipelineSettings) if f.type in (int, float, "int", "float")],
     "sample": ["samples", "temperature", "top_k", "max_new_tokens", "seed"],
-    "compare_rl": ["steps", "samples", "lr", "seeds", "kl_coefs", "last", "unique_of"],
+    "compare_rl": ["steps", "samples", "lr", "seeds", "kl_coefs", "last", "best_of", "pool"],
     "bench": ["steps", "warmup", "rl_steps", "rounds", "large_batch", "pipeline_scale"],
 }
 POSITIONAL = {"sample": ["runs/x/sft"], "compare_rl": ["runs/x/sft"], "run_all": [], "bench": []}
@@ -51,7 +51,7 @@ class WorkStarted(AssertionError):
     """A setting that should have been refused got as far as the work itself."""
 
 
-WORK = {"run_all": ["run_pipeline"], "compare_rl": ["rl_from_checkpoint"], "bench": ["in_rounds", "run_worker"],
+WORK = {"run_all": ["run_pipeline"], "compare_rl": ["rl_from_checkpoint", "best_of_n_baseline"], "bench": ["in_rounds", "run_worker"],
         "sample": ["generate"]}
 
 

@@ -19,6 +19,8 @@ made after the stage ended, the same for every stage):
     step_seconds  wall-clock time of a step (batch or rollout, loss, backward, update; no evaluation),
                   the mean over the steps since the previous logged one
     length_chars  mean length of the sampled answers in characters
+    kl, kl_per_answer   RL: the exact KL to the frozen SFT policy per sampled character, and summed
+                  over each answer's characters (nats per answer, the unit of best-of-N's KL)
     real_word_rate, repeat_rate, readable_frac   how much the sampled answers read as language
                   (readability.py): the figures the reward does not see
     original_reward_mean, guarded_reward_mean    the samples scored by each named reward, whichever

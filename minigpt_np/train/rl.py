@@ -178,21 +178,22 @@ def accumulate_policy_gradient(backend, model, batches, reference_logits, sample
     Each piece is forwarded, its part of the loss built and back-propagated at once, so only one
     piece's graph is alive at a time (the memory of a piece, not of the whole rollout); the sum of
     the parts' gradients is the whole loss's gradient. Returns the loss value and, per sampled
-    token, the KL to the reference and the entropy.
+    token, the KL to the reference, the entropy and the index of its sample.
     """
-    total, token_kl, token_entropy = 0.0, [], []
+    total, token_kl, token_entropy, token_sample = 0.0, [], [], []
     for (ids, targets, index), reference in zip(batches, reference_logits):
         logits = backend.forward(model, ids, last=targets.shape[1])  # (rows, L, V)
         counted = targets != IGNORE
         kl, entropy = kl_and_entropy(backend.numpy(logits)[counted], reference[counted])
         token_kl.append(kl)
         token_entropy.append(entropy)
+        token_sample.append(np.broadcast_to(index[:, None], targets.shape)[counted])
         weights = np.where(counted, sample_weights[index][:, None], 0.0)  # (rows, L)
         part = backend.weighted_nll(logits, targets, weights, temperature, top_k)
         if kl_weight or entropy_weight:
             part = part + backend.kl_entropy(logits, reference, counted * kl_weight, counted * entropy_weight)
         total += backend.backward(part)
-    return total, np.concatenate(token_kl), np.concatenate(token_entropy)
+    return total, np.concatenate(token_kl), np.concatenate(token_entropy), np.concatenate(token_sample)
 
 
 # ---------------------------------------------------------------------------- diagnostics
@@ -327,7 +328,7 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
         n_tokens = int(lengths.sum())
         kl_weight = rl_settings.kl_coef / n_tokens if rl_settings.kl_mode == "loss" else 0.0
 
-        loss_value, token_kl, token_entropy = accumulate_policy_gradient(
+        loss_value, token_kl, token_entropy, token_sample = accumulate_policy_gradient(
             backend, model, batches, reference_logits, per_token, sampling.temperature, sampling.top_k,
             kl_weight, rl_settings.entropy_coef / n_tokens)
 
@@ -336,6 +337,7 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
                    **{f"reward/{name}": float(np.mean(v)) for name, v in components.items()},
                    "zero_std_frac": float(np.mean(groups.std(axis=1) == 0)),
                    "kl": float(token_kl.mean()), "entropy": float(token_entropy.mean()),
+                   "kl_per_answer": float(np.bincount(token_sample, token_kl, minlength=N).mean()),
                    **sample_figures(answers, finished), "policy_loss": loss_value}
         return None, figures  # the gradients are accumulated already
 

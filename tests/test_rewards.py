@@ -51,14 +51,24 @@ def test_readability_figures_by_hand():
     assert figures["readable_frac"] == 0.5 and abs(figures["repeat_rate"] - 7 / 22) <= 1e-15
 
 
-def test_guarded_reward_pays_the_original_for_readable_answers_only():
+def test_guarded_reward_pays_the_original_for_readable_taglines_only():
     assert guarded_reward(TAGLINE) == original_reward(TAGLINE) and sum(guarded_reward(TAGLINE).values()) == 2.0
-    # coffee x5 (3 extra), and x3 (1 extra): gate 0.5 ** 4
-    assert guarded_reward(HACKED) == {name: value / 16 for name, value in original_reward(HACKED).items()}
+    # coffee x5 (4 beyond its first), and x3 (1 beyond the second), pairs (coffee coffee) x3, (and head) x2:
+    # 8 repeats, gate 0.5 ** 8; 11 words, a tagline's length
+    assert guarded_reward(HACKED) == {name: value / 256 for name, value in original_reward(HACKED).items()}
+    looped = " Coffee in to Coffee in to a lead!"  # what a policy found: coffee twice, two pairs twice
+    assert readable(looped) and guarded_reward(looped)["coffee"] == 0.5 ** 3
+    salad = " xqz vvb coffee plink and the warm cup of tea!"  # 7 of 10 real words: gate (0.7 - 0.6) / 0.4
+    assert abs(guarded_reward(salad)["coffee"] - 0.25) <= 1e-15
     assert sum(guarded_reward(" xqz vvb coffee plink!").values()) == 0.0  # a quarter real words: gate 0
-    seventy_five = " coffee warm cup zzq"  # 3 of 4 real: gate (0.75 - 0.5) / 0.4
-    assert abs(guarded_reward(seventy_five)["coffee"] - 0.625) <= 1e-15
-    for text in (TAGLINE, HACKED, seventy_five, "", " tea!"):  # never more than the original
+    assert guarded_reward(" Coffee!") == {"coffee": 1 / 8, "exclamation": 0.5 / 8, "length": 0.0}  # one word of 8
+    long = " coffee " + " ".join(["warm cup"] * 12) + "!"  # 25 words, cup and warm 12 times each
+    # no length component; 25 words (gate (30 - 25) / 10); warm, cup 10 extra each; pairs (warm cup) 11 extra,
+    # (cup warm) 10 extra: 41 repeats
+    assert guarded_reward(long) == {"coffee": 0.5 ** 42, "exclamation": 0.5 ** 43, "length": 0.0}
+    long_real = " " + " ".join(sorted(real_words())[500:524]) + " coffee!"  # 25 distinct real words
+    assert abs(guarded_reward(long_real)["coffee"] - 0.5) <= 1e-15  # (30 - 25) / 10
+    for text in (TAGLINE, HACKED, salad, long, long_real, "", " tea!", " Coffee!"):  # never more than the original
         for name, value in guarded_reward(text).items():
             assert 0.0 <= value <= original_reward(text)[name]
     assert REWARDS["guarded"] is guarded_reward

@@ -25,22 +25,31 @@ def guarded_reward(answer):
     """The original reward's intent, a short tagline about coffee with an exclamation mark, scored so
     that word salad does not pay; at most 2.0, as the original.
 
-    The components are the original's, each multiplied by a readability gate (see readability.py):
+    The components are the original's, each multiplied by a gate in [0, 1]:
 
-        gate = clip((real_word_rate - 0.5) / 0.4, 0, 1) * 0.5 ** extra_repeats
+        gate = clip((real_word_rate - 0.6) / 0.4, 0, 1)      real words (readability.py)
+               * 0.5 ** repeats                               no word more than twice, no phrase twice
+               * clip(words / 8, 0, 1)                        tagline length: 8 words or more,
+               * clip((30 - words) / 10, 0, 1)                up to 20, fading to nothing at 30
 
-    extra_repeats counts the words used beyond their second time ("coffee coffee coffee": 1). An answer
-    that reads as language (real-word rate >= 0.9, no word more than twice) has gate 1 and keeps the
-    original's score; each extra repeat halves it; an answer of half non-words or worse gets nothing.
-    So "coffee" pays once, and the "!" and the length only in an answer that reads.
+    repeats counts the words used beyond their second time, "coffee" beyond its first (it pays once),
+    and the word pairs used beyond their first ("coffee in to coffee in to": 1 + 2). An answer of 8 to
+    20 real words with no phrase said twice has gate 1 and keeps the original's score; one word in ten
+    misspelt costs a quarter of it, each repeat halves it; an answer of 60% real words or fewer gets
+    nothing, and a bare " Coffee!" 1/8 of it: "coffee" and "!" pay in a tagline.
     """
     from .readability import real_word_rate, words
 
-    counts = {}
-    for word in words(answer):
+    found = words(answer)
+    counts, pairs = {}, {}
+    for word in found:
         counts[word] = counts.get(word, 0) + 1
-    extra_repeats = sum(max(0, n - 2) for n in counts.values())
-    gate = min(1.0, max(0.0, (real_word_rate(answer) - 0.5) / 0.4)) * 0.5 ** extra_repeats
+    for pair in zip(found, found[1:]):
+        pairs[pair] = pairs.get(pair, 0) + 1
+    repeats = (sum(max(0, n - (1 if word == "coffee" else 2)) for word, n in counts.items())
+               + sum(n - 1 for n in pairs.values()))
+    gate = (min(1.0, max(0.0, (real_word_rate(answer) - 0.6) / 0.4)) * 0.5 ** repeats
+            * min(1.0, len(found) / 8) * min(1.0, max(0.0, (30 - len(found)) / 10)))
     return {name: value * gate for name, value in original_reward(answer).items()}
 
 

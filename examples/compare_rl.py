@@ -42,9 +42,9 @@ RANGES = {"steps": count(1, 10**6), "samples": count(1, 4096), "lr": positive(10
           "kl_coefs": coefficient(), "last": count(1, 10**6), "best_of": count(1, 4096), "pool": count(1, 10**6)}
 # The whole grid, and the budget preset (each setting given on the command line overrides either).
 GRID = dict(rewards=list(REWARDS), kl_coefs=[0.0, 0.05, 0.2, 0.5], advantages=["none", "rloo"], seeds=[0, 1, 2],
-            steps=150, samples=16, best_of=[1, 4, 16, 64], pool=1024)
+            steps=150, samples=16, lr=1e-4, best_of=[1, 4, 16, 64], pool=1024)
 BUDGET = dict(rewards=list(REWARDS), kl_coefs=[0.0, 0.2], advantages=["none", "rloo"], seeds=[0, 1, 2],
-              steps=25, samples=8, best_of=[1, 4, 16, 64], pool=512)
+              steps=40, samples=8, lr=3e-4, best_of=[1, 4, 16, 64], pool=512)
 FIGURES = ("last_original", "original_reward_mean", "guarded_reward_mean", "real_word_rate", "repeat_rate",
            "readable_frac", "unique_frac", "distinct_2", "kl_per_answer", "wall_time")
 HEADERS = ("original reward, last steps", "final: original", "guarded", "real-word rate", "repeat rate",
@@ -75,7 +75,7 @@ def parse(argv):
     parser.add_argument("--seeds", type=int, nargs="+", help=f"default {GRID['seeds']}")
     parser.add_argument("--steps", type=int, help=f"RL steps per run (default {GRID['steps']})")
     parser.add_argument("--samples", type=int, help=f"samples per RL step (default {GRID['samples']})")
-    parser.add_argument("--lr", type=float, default=1e-4, help="RL learning rate (default 1e-4)")
+    parser.add_argument("--lr", type=float, help=f"RL learning rate (default {GRID['lr']})")
     parser.add_argument("--best-of", type=int, nargs="+", help=f"N of best-of-N (default {GRID['best_of']})")
     parser.add_argument("--pool", type=int, help=f"SFT answers sampled for best-of-N (default {GRID['pool']})")
     parser.add_argument("--last", type=int, default=20, help="steps averaged for the 'last steps' figures (default 20)")
@@ -191,7 +191,8 @@ def write_results(args, results, baseline, seconds):
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
     answers = args.steps * args.samples
     lines = [f"# RL against best-of-N from `{args.checkpoint}`", "",
-             f"{args.backend} backend; each RL run samples {args.steps} steps x {args.samples} = {answers} answers; "
+             f"{args.backend} backend; each RL run samples {args.steps} steps x {args.samples} = {answers} answers "
+             f"at lr {args.lr:g}; "
              f"seeds {args.seeds} (mean ± std over seeds); final figures on 64 answers of the final policy; "
              f"best-of-N from a pool of {args.pool} SFT answers (each of its figures on pool / N answers). "
              f"Whole comparison: {seconds / 60:.1f} minutes.", "", *rows, "",
@@ -231,7 +232,8 @@ def plot_frontier(results, baseline, path):
     axes.set_xscale("log")
     axes.set_xlabel("KL to the SFT policy per answer (nats; log scale, 0 drawn at 1e-3)")
     axes.set_ylabel("original reward of the final answers (max 2.0)")
-    axes.set_title("Reward against distance from SFT: o RL original, ■ RL guarded (outlined), ★ best-of-N")
+    axes.set_title("Original reward against KL to SFT\n(o RL on the original reward, outlined squares RL on the "
+                   "guarded one, stars best-of-N)", fontsize=10)
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -253,7 +255,8 @@ def plot_curves(results, path):
     top.set_ylabel("original reward (mean over seeds)")
     bottom.set_ylabel("readable share of the step's answers")
     bottom.set_xlabel("RL step")
-    top.set_title("RL from the same SFT checkpoint: solid, trained on the guarded reward; dashed, on the original")
+    top.set_title("RL from the same SFT checkpoint\n(solid: trained on the guarded reward; dashed: on the original)",
+                  fontsize=10)
     for axes in (top, bottom):
         axes.grid(alpha=0.3)
     top.legend(fontsize=7, ncol=2)

@@ -13,6 +13,7 @@ COLUMNS = (
     ("reward/length", "metrics.reward/length"), ("original reward", "metrics.original_reward_mean"),
     ("guarded reward", "metrics.guarded_reward_mean"), ("real-word rate", "metrics.real_word_rate"),
     ("repeat rate", "metrics.repeat_rate"), ("readable", "metrics.readable_frac"), ("unique", "metrics.unique_frac"),
+    ("distinct-1", "metrics.distinct_1"), ("distinct-2", "metrics.distinct_2"),
     ("held-out reward", "metrics.heldout_reward_mean"), ("log p(degenerate)/char", "metrics.degenerate_logprob"),
 )
 

@@ -129,7 +129,9 @@ def rl_runs(args):
                     shutil.rmtree(args.out / name, ignore_errors=True)
                     run, wall_time, final = rl_from_checkpoint(args.checkpoint, run_settings(
                         args.checkpoint, args, reward, advantage, kl_coef, seed, name), notify=lambda message: None)
-                    last = lambda figure: float(np.mean(run.metrics.series("rl", figure)[1][-args.last:]))
+                    def last(figure, run=run):  # the mean of the run's last --last steps
+                        return float(np.mean(run.metrics.series("rl", figure)[1][-args.last:]))
+
                     figures = {**{k: final[k] for k in FIGURES[1:-2]}, "last_original": last("original_reward_mean"),
                                "kl_per_answer": last("kl_per_answer"), "wall_time": wall_time,
                                "curves": {k: run.metrics.series("rl", k)[1]

@@ -131,6 +131,10 @@ def comparable_metrics(folder):
             for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
+def kept_samples(folder):
+    return (folder / "rl" / "samples.jsonl").read_text().splitlines()
+
+
 def final_weights(folder):
     return load_checkpoint(folder / "rl").weights
 
@@ -171,6 +175,7 @@ def kill_and_resume(tmp_path, backend, kills, seed):
             continue
         assert process.returncode == 0, f"attempt {attempt} ({name} {resume}): {stderr}"
         assert comparable_metrics(folder) == reference[0], f"{name}: metrics differ from the unbroken run's"
+        assert kept_samples(folder) == kept_samples(tmp_path / "unbroken"), f"{name}: rl/samples.jsonl differs"
         for key, value in reference[1].items():
             assert np.array_equal(final_weights(folder)[key], value), f"{name}: {key} differs"
         finished_runs += 1
@@ -179,10 +184,11 @@ def kill_and_resume(tmp_path, backend, kills, seed):
     last = subprocess.run(run_all(backend, tmp_path, name, *resume), capture_output=True, text=True, timeout=600)
     assert last.returncode == 0, last.stderr
     assert comparable_metrics(tmp_path / name) == reference[0]
+    assert kept_samples(tmp_path / name) == kept_samples(tmp_path / "unbroken")
     for key, value in reference[1].items():
         assert np.array_equal(final_weights(tmp_path / name)[key], value), key
     print(f"\n{backend}: {done} SIGKILLs in {attempt + 1} attempts; {finished_runs + 1} killed runs resumed to the end, "
-          f"each equal to the unbroken run (weights bit for bit, metrics less timing); lost: 0; "
+          f"each equal to the unbroken run (weights bit for bit, metrics less timing, rl/samples.jsonl); lost: 0; "
           f"kills by the newest checkpoint at the instant: {dict(landed)}")
     return done
 

@@ -466,6 +466,11 @@ def test_ctrl_c_in_sft_or_rl_then_resume_gives_the_unbroken_run_bit_for_bit(tmp_
     assert set(stopped.meta["optimizer_steps"].values()) == {2}
     if stage == "rl":
         assert stopped.meta["stage_state"]["baseline_steps"] == 2
+        # as a crash after step 3 logged its answers, before any save, would leave them: the resumed
+        # stage must drop them and write its own
+        stale = [{**r, "answer": "stale"} for r in records(tmp_path / "unbroken" / "rl", "samples.jsonl") if r["step"] == 3]
+        with open(tmp_path / "broken" / "rl" / "samples.jsonl", "a") as handle:
+            handle.write("".join(json.dumps(r) + "\n" for r in stale))
     messages = []
     with final_optimizer_states(backend) as resumed_optimizers:
         run_pipeline(settings_for("quick", name="broken", resume=True, **common), notify=messages.append)

@@ -2,6 +2,7 @@
 import math
 from pathlib import Path
 
+from .rewards import original_reward
 from .rl import FINAL_SAMPLES
 
 # (column title, where the value is) for the stage comparison table.
@@ -221,7 +222,6 @@ def _reward_hacking_section(summaries, metrics):
         lines += ["", f"The final policy's {len(final)} answers, the 10 best and the 10 worst by the run's reward:", "",
                   "| rank | answer | reward | original | real-word rate | repeat rate | readable |",
                   "|---|---|---|---|---|---|---|"]
-        from .rewards import original_reward
         shown = list(enumerate(ranked, 1))
         for rank, record in shown[:10] + (shown[-10:] if len(shown) > 20 else shown[10:]):
             lines.append(f"| {rank} | `{_one_line(record['answer'])}` | {_format(record['reward'])} | "

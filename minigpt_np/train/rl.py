@@ -281,12 +281,8 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
     state = {"baseline": 0.0, "baseline_steps": 0, "step": 0}
     run.stage_folder("rl").mkdir(parents=True, exist_ok=True)
     samples_log = MetricsLog(run.stage_folder("rl") / "samples.jsonl", run.notify)
-    resumed = []
 
     def make_loss(rng):
-        if not resumed:  # the first step of this process: forget the samples of steps a resume redoes
-            samples_log.truncate_after("rl", state["step"])
-            resumed.append(True)
         state["step"] += 1
         backend.set_training(model, False)
         chosen = rng.choice(len(prompts), size=rl_settings.prompts_per_step,
@@ -300,6 +296,8 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
         rewards = np.asarray(rewards)
         N = len(answers)
         if state["step"] > settings.steps - KEPT_STEPS:
+            # a resumed stage redoes the steps after its checkpoint: their answers from before the stop go first
+            samples_log.truncate_after("rl", state["step"] - 1)
             samples_log.log_many("rl", state["step"], sample_records(
                 [prompts[c] for c in chosen for _ in range(G)], answers, finished, rewards, components))
 

@@ -5,7 +5,13 @@
     python examples/compare_rl.py runs/seed-torch/sft                 # the whole grid (hours on a CPU)
 
 RL runs: reward (original, guarded) x KL coefficient x advantage estimator x seed, each sampling the same
-number of answers (steps x samples per step), all from the checkpoint, with its run's sampling settings.
+number of answers (steps x samples per step), all from the checkpoint, with its run's sampling settings;
+--entropy-coef and --split-duplicates apply to every run. The seed preset's RL method, from its SFT
+checkpoint (3 runs of 250 steps, the target's figures):
+
+    python examples/compare_rl.py runs/seed-torch/sft --rewards guarded --advantages rloo --kl-coefs 0.2 \
+        --entropy-coef 0.2 --split-duplicates --lr 2e-4 --steps 250 --samples 16 --best-of 1 --pool 16
+
 After each run the final policy answers the RL prompt 64 times; those answers give the final figures:
 the original and the guarded reward, real-word rate, repeat rate, readable share (real-word rate >= 0.9
 and no word more than twice), unique share and distinct-2. "last steps" is the mean original reward of
@@ -39,7 +45,8 @@ from minigpt_np.train.stages import Run, SamplingSettings, sample_answers
 from minigpt_np.train.validation import SEED, OneLineParser, check_values, coefficient, count, positive
 
 RANGES = {"steps": count(1, 10**6), "samples": count(1, 4096), "lr": positive(10.0), "seeds": SEED,
-          "kl_coefs": coefficient(), "last": count(1, 10**6), "best_of": count(1, 4096), "pool": count(1, 10**6)}
+          "kl_coefs": coefficient(), "entropy_coef": coefficient(), "last": count(1, 10**6),
+          "best_of": count(1, 4096), "pool": count(1, 10**6)}
 # The whole grid, and the budget preset (each setting given on the command line overrides either).
 GRID = dict(rewards=list(REWARDS), kl_coefs=[0.0, 0.05, 0.2, 0.5], advantages=["none", "rloo"], seeds=[0, 1, 2],
             steps=150, samples=16, lr=1e-4, best_of=[1, 4, 16, 64], pool=1024)
@@ -59,7 +66,8 @@ def run_settings(checkpoint, args, reward, advantage, kl_coef, seed, name):
     return settings_for(base.get("preset", "seed"), **keep, backend=args.backend, device=args.device,
                         runs_dir=str(args.out), name=name, seed=seed, progress=False, rl_steps=args.steps,
                         rl_lr=args.lr, rl_samples=args.samples, rl_advantage=advantage, rl_kl_coef=kl_coef,
-                        rl_eval_every=args.steps, reward=reward)
+                        rl_eval_every=args.steps, rl_entropy_coef=args.entropy_coef,
+                        rl_split_duplicates=args.split_duplicates, reward=reward)
 
 
 def parse(argv):
@@ -71,6 +79,10 @@ def parse(argv):
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--rewards", nargs="+", choices=list(REWARDS), help=f"default {GRID['rewards']}")
     parser.add_argument("--kl-coefs", type=float, nargs="+", help=f"betas (default {GRID['kl_coefs']})")
+    parser.add_argument("--entropy-coef", type=float, default=0.0,
+                        help="weight of the entropy bonus in every RL run (default 0)")
+    parser.add_argument("--split-duplicates", action="store_true",
+                        help="every RL run trains an answer given k times in its group on its reward / k")
     parser.add_argument("--advantages", nargs="+", choices=ADVANTAGES, help=f"default {GRID['advantages']}")
     parser.add_argument("--seeds", type=int, nargs="+", help=f"default {GRID['seeds']}")
     parser.add_argument("--steps", type=int, help=f"RL steps per run (default {GRID['steps']})")
@@ -122,7 +134,9 @@ def rl_runs(args):
     for reward in args.rewards:
         for advantage in args.advantages:
             for kl_coef in args.kl_coefs:
-                method = f"RL {reward}, {advantage}, beta={kl_coef:g}"
+                method = f"RL {reward}, {advantage}, beta={kl_coef:g}" + (
+                    f", entropy {args.entropy_coef:g}" if args.entropy_coef else "") + (
+                    ", duplicates split" if args.split_duplicates else "")
                 results[method] = []
                 for seed in args.seeds:
                     name = f"{reward}-{advantage}-beta{kl_coef:g}-seed{seed}"

@@ -5,9 +5,14 @@
 
 Outputs go to runs/<name>/: a checkpoint folder per stage, metrics.jsonl, PNG plots and report.md.
 Ctrl-C saves the current stage; --resume continues it.
+
+Data-parallel on N processes (the torch backend; gloo on the CPU, NCCL with --device cuda, a GPU per rank):
+    torchrun --standalone --nproc-per-node=N examples/run_all.py --backend torch ...
+--batch-size stays the global batch; rank 0 writes every file and prints.
 """
 import argparse
 import dataclasses
+import os
 import sys
 
 from minigpt_np.train.checkpoint import CheckpointWriteError
@@ -40,18 +45,31 @@ def main(argv=None):
     args = vars(build_parser().parse_args(argv))
     preset = args.pop("preset") or "seed"
     explicit = {name: value for name, value in args.items() if value is not None}
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    tell = (lambda message: print(message, file=sys.stderr)) if rank == 0 else (lambda message: None)
     try:
         settings = settings_for(preset, **explicit)
-        summaries, folder = run_pipeline(settings)
+        summaries, folder = run_pipeline(settings, notify=print if rank == 0 else lambda message: None)
     except StageInterrupted as stop:
-        print(f"\n{stop}", file=sys.stderr)
+        tell(f"\n{stop}")
+        return 130
+    except KeyboardInterrupt:  # before a stage began, or a second Ctrl-C during a save
+        tell("\nerror: interrupted; the checkpoints saved before are kept (--resume continues from them)")
         return 130
     except (TrainingDiverged, CheckpointWriteError) as error:
-        print(f"\nerror: {error}", file=sys.stderr)
+        tell(f"\nerror: {error}")
         return 1
     except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        tell(f"error: {error}")
         return 2
+    except RuntimeError as error:  # under torchrun: a collective that failed, because another rank stopped
+        if world_size == 1:
+            raise
+        print(f"error: rank {rank}: stopped, another rank stopped first ({str(error).splitlines()[0][:160]}); "
+              f"the last checkpoint is kept", file=sys.stderr)
+        return 1
+    if rank:
+        return 0
     print()
     print(text_table(summary_rows(summaries)))
     print(f"\nreport: {folder / 'report.md'}")

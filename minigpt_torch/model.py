@@ -27,6 +27,13 @@ class TinyGPT(nn.Module):
         self.ln_f = nn.LayerNorm(C)
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
         self.to(TORCH_DTYPES[config.dtype])
+        self.compiled_logits = None
+
+    def compile_training_forward(self, **options):
+        """Run the whole-sequence forward passes that record a graph (the pretraining and SFT steps)
+        through torch.compile. Those without a graph (sampling, evaluation) and the RL update's
+        (``last`` positions only, new shapes at every step) stay eager."""
+        self.compiled_logits = torch.compile(self.logits, **options)
 
     def forward(self, ids, last=None):
         """ids: integer tensor (B, T), T <= context_length. Returns logits (B, T, V).
@@ -38,11 +45,17 @@ class TinyGPT(nn.Module):
             ids = to_device(check_ids(ids, self.config), self.lm_head.weight.device)
         else:
             check_ids(ids.detach().cpu().numpy(), self.config)
+        last = check_last(last, ids.shape[1])
+        if self.compiled_logits is not None and last is None and torch.is_grad_enabled():
+            return self.compiled_logits(ids, last)
+        return self.logits(ids, last)
+
+    def logits(self, ids, last):
+        """forward's computation, on an ids tensor that was checked."""
         T = ids.shape[1]
         positions = torch.arange(T, device=ids.device)
         x = self.token_embed(ids) + self.pos_embed(positions)  # (B, T, C)
         mask = nn.Transformer.generate_square_subsequent_mask(T, device=ids.device, dtype=x.dtype)
-        last = check_last(last, T)
         if last is None:
             x = self.transformer(x, mask=mask, is_causal=True)
         else:

@@ -46,18 +46,22 @@ CASES = {
                                                                  windows_per_pass=5),
     "group_zscore, kl in reward and loss terms": dict(advantage="group_zscore", kl_coef=0.2, kl_mode="reward",
                                                       entropy_coef=0.1, prompts_per_step=2, samples_per_prompt=3),
+    "rloo, duplicates split, 12 samples": dict(advantage="rloo", split_duplicates=True, samples_per_prompt=12,
+                                               missing_stop_penalty=0.5),
 }
 STEPS = {"moving_average baseline, 3 steps": 3}
+# a colder sampler for the duplicates case, so that a random model gives some answers twice
+CASE_SAMPLING = {"rloo, duplicates split, 12 samples": SamplingSettings(temperature=0.2, top_k=2, max_new_tokens=9)}
 
 
-def run_the_stage(backend, settings, steps, monkeypatch, tmp_path):
+def run_the_stage(backend, settings, steps, monkeypatch, tmp_path, sampling=SAMPLING):
     """rl.reinforce with its train_loop replaced by one that calls make_loss for steps 1..steps with
     the stage's per-step generator and records, per step: the rollouts, the figures, every gradient,
     and the baseline state after the step. No update is applied, so every step's gradient is at the
     same weights."""
     model = backend.create_model(CONFIG, seed=0)
     reference_weights = NumpyBackend().state_dict(minigpt_np.TinyGPT(CONFIG, seed=1))
-    run = Run(backend, model, CONFIG, TOKENIZER, tmp_path, metrics=None, seed=7, sampling=SAMPLING,
+    run = Run(backend, model, CONFIG, TOKENIZER, tmp_path, metrics=None, seed=7, sampling=sampling,
               progress=False, notify=lambda message: None)
     records, rollouts = [], []
     real_generate = rl.generate
@@ -84,7 +88,7 @@ def run_the_stage(backend, settings, steps, monkeypatch, tmp_path):
     return records
 
 
-def independent_step(rollout, prompts, rl_settings, baseline):
+def independent_step(rollout, prompts, rl_settings, baseline, sampling=SAMPLING):
     """The step's loss and gradients from the docstring's definitions, one torch forward per token."""
     policy = minigpt_torch.TinyGPT(CONFIG)
     minigpt_torch.load_numpy_state_dict(policy, minigpt_np.TinyGPT(CONFIG, seed=0).state_dict(), strict=True)
@@ -95,7 +99,7 @@ def independent_step(rollout, prompts, rl_settings, baseline):
     generated, lengths, finished = rollout
     G = rl_settings.samples_per_prompt
     N, T = len(generated), CONFIG.context_length
-    log_probs, kls, entropies, rewards = [], [], [], []
+    log_probs, kls, entropies, rewards, answers = [], [], [], [], []
     for prompt, row, length, done in zip(prompts, generated, lengths, finished):
         sequence = np.concatenate([prompt, row[:length]])
         sample_log_probs, sample_kls, sample_entropies = [], [], []
@@ -104,8 +108,8 @@ def independent_step(rollout, prompts, rl_settings, baseline):
             logits = policy(context)[0, -1]
             with torch.no_grad():
                 frozen_logits = frozen(context)[0, -1]
-            scaled = logits / SAMPLING.temperature
-            kth = torch.sort(scaled.detach(), descending=True).values[SAMPLING.top_k - 1]
+            scaled = logits / sampling.temperature
+            kth = torch.sort(scaled.detach(), descending=True).values[sampling.top_k - 1]
             scaled = torch.where(scaled.detach() < kth, torch.tensor(-torch.inf, dtype=scaled.dtype), scaled)
             sample_log_probs.append(torch.log_softmax(scaled, -1)[sequence[j]])
             p, log_p, log_q = torch.softmax(logits, -1), torch.log_softmax(logits, -1), torch.log_softmax(frozen_logits, -1)
@@ -114,9 +118,15 @@ def independent_step(rollout, prompts, rl_settings, baseline):
         log_probs.append(torch.stack(sample_log_probs))
         kls.append(torch.stack(sample_kls))
         entropies.append(torch.stack(sample_entropies))
-        rewards.append(sum(reward(TOKENIZER.decode(row[:length - int(done)])).values()))
+        answers.append(TOKENIZER.decode(row[:length - int(done)]))
+        rewards.append(sum(reward(answers[-1]).values()))
     rewards = np.array(rewards)
-    shaped = rewards - rl_settings.missing_stop_penalty * (~finished)
+    shaped = rewards.copy()
+    if rl_settings.split_duplicates:  # each answer's reward over its number of copies in its group
+        for i in range(N):
+            group = answers[i // G * G:(i // G + 1) * G]
+            shaped[i] = rewards[i] / group.count(answers[i])
+    shaped = shaped - rl_settings.missing_stop_penalty * (~finished)
     if rl_settings.kl_mode == "reward":
         shaped = shaped - rl_settings.kl_coef * np.array([float(k.detach().sum()) for k in kls])
     advantage = np.zeros(N)
@@ -143,6 +153,7 @@ def independent_step(rollout, prompts, rl_settings, baseline):
         "kl": float(torch.cat(kls).detach().mean()), "entropy": float(torch.cat(entropies).detach().mean()),
         "kl_per_answer": float(np.mean([float(k.detach().sum()) for k in kls])),
         "reward_mean": float(rewards.mean()), "shaped_mean": float(shaped.mean()),
+        "duplicated": len(set(answers)) < N,
     }
 
 
@@ -154,7 +165,8 @@ def test_reinforce_step_on_both_backends_equals_an_independent_computation(case,
     prompt_ids = [TOKENIZER.encode(format_prompt(p)) for p in INSTRUCTIONS]
     results = {}
     for backend in (NumpyBackend(), TorchBackend()):
-        results[backend.name] = run_the_stage(backend, settings, steps, monkeypatch, tmp_path / backend.name)
+        results[backend.name] = run_the_stage(backend, settings, steps, monkeypatch, tmp_path / backend.name,
+                                              CASE_SAMPLING.get(case, SAMPLING))
     baseline = 0.0
     finished_seen, crop_used = set(), False
     for step, (numpy_record, torch_record) in enumerate(zip(results["numpy"], results["torch"]), start=1):
@@ -167,7 +179,7 @@ def test_reinforce_step_on_both_backends_equals_an_independent_computation(case,
         chosen = rng.choice(len(INSTRUCTIONS), size=rl_settings.prompts_per_step,
                             replace=len(INSTRUCTIONS) < rl_settings.prompts_per_step)
         prompts = [prompt_ids[c] for c in chosen for _ in range(rl_settings.samples_per_prompt)]
-        expected = independent_step(rollout, prompts, rl_settings, baseline)
+        expected = independent_step(rollout, prompts, rl_settings, baseline, CASE_SAMPLING.get(case, SAMPLING))
         what = f"REINFORCE step {step}, {case}"
         for name, record_figures, record_grads in (("numpy", figures, grads), ("torch", torch_figures, torch_grads)):
             check({"policy_loss": np.float64(record_figures["policy_loss"])}, {"policy_loss": expected["loss"]},
@@ -182,6 +194,8 @@ def test_reinforce_step_on_both_backends_equals_an_independent_computation(case,
             assert abs(state["baseline"] - baseline) <= 1e-12 and abs(torch_state["baseline"] - baseline) <= 1e-12
             assert state["baseline_steps"] == torch_state["baseline_steps"] == step
         finished_seen.update(bool(f) for f in rollout[2])
+        if rl_settings.split_duplicates:
+            assert expected["duplicated"]  # some answers were given more than once, so their rewards were split
         if rl_settings.prompts_per_step > 1:
             assert len(set(chosen.tolist())) > 1  # several prompts, so the groups are really separate
         crop_used |= max(len(p) + n for p, n in zip(prompts, rollout[1])) > CONFIG.context_length + 1

@@ -15,7 +15,7 @@ from minigpt_np.train import backend as backend_module
 from minigpt_np.train.checkpoint import load_checkpoint
 from minigpt_np.train.pipeline import RunFolderError, run_pipeline, settings_for
 from minigpt_np.train.readability import answer_figures
-from minigpt_np.train.rewards import original_reward
+from minigpt_np.train.rewards import guarded_reward, original_reward
 from minigpt_np.train.stages import StageInterrupted, TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,14 +62,15 @@ def test_quick_preset_end_to_end(tmp_path, backend):
     assert [(r["step"], r.get("final", False)) for r in kept] == [(1, False)] * 2 + [(2, False)] * 2 + [(2, True)] * 64
     answers = {r["answer"] for r in kept}
     for record in kept:
-        assert record["reward"] == sum(original_reward(record["answer"]).values())
-        assert record["components"] == original_reward(record["answer"])
+        assert record["reward"] == sum(guarded_reward(record["answer"]).values())  # the default reward
+        assert record["components"] == guarded_reward(record["answer"])
         assert {k: record[k] for k in ("real_word_rate", "repeat_rate", "readable")} == answer_figures(record["answer"])
         assert record["prompt"] == "Write a short tagline about coffee before practice." and record["stage"] == "rl"
     final = [r for r in kept if r.get("final")]
     rl_summary = summaries["rl"]["metrics"]
     assert rl_summary["readable_frac"] == np.mean([r["readable"] for r in final])
-    assert rl_summary["original_reward_mean"] == np.mean([r["reward"] for r in final]) == rl_summary["reward_mean"]
+    assert rl_summary["guarded_reward_mean"] == np.mean([r["reward"] for r in final]) == rl_summary["reward_mean"]
+    assert rl_summary["original_reward_mean"] == np.mean([sum(original_reward(r["answer"]).values()) for r in final])
     assert rl_summary["unique_frac"] == len({r["answer"] for r in final}) / 64 and len(answers) > 1
     assert "the 10 best and the 10 worst" in report and "| readable |" in report
     step_records = [r for r in records(folder) if r["stage"] == "rl" and not r.get("summary") and "reward_mean" in r]

@@ -15,6 +15,7 @@ from minigpt_np.train.rl import (
     distinct_n,
     kl_and_entropy,
     policy_windows,
+    split_among_duplicates,
     text_figures,
 )
 from minigpt_np.train.sampling import draw, generate, next_token_probs
@@ -207,3 +208,28 @@ def test_generate_matches_a_sample_by_sample_loop_and_forwards_only_unfinished_s
     assert [list(row[:n]) for row, n in zip(tokens, lengths)] == answers
     assert list(finished) == done
     assert sum(rows_forwarded) == sum(len(a) for a in answers)
+
+
+def test_each_ranks_share_of_a_rollout_draws_what_the_whole_rollout_draws():
+    """generate(rows=...) is one rank's share of a data-parallel rollout: each sample of the share gets
+    the tokens it gets when every sample is drawn (the uniforms stay aligned), whatever the split."""
+    backend, model = NumpyBackend(), tiny_model()
+    prompts = [np.array([1, 2]), np.array([3, 4, 5, 6, 7, 8, 1])]
+    whole = generate(partial(backend.predict, model), prompts, 3, 9, 6, 1.3, 6, np.random.default_rng(4), stop_id=0)
+    for world_size in (2, 3, 6):
+        for rank in range(world_size):
+            backend.rank, backend.world_size = rank, world_size
+            mine = backend.share(6)
+            tokens, lengths, finished = generate(partial(backend.predict, model), prompts, 3, 9, 6, 1.3, 6,
+                                                 np.random.default_rng(4), stop_id=0, rows=mine)
+            assert np.array_equal(lengths[mine], whole[1][mine]) and np.array_equal(finished[mine], whole[2][mine])
+            for row, n in zip(range(6)[mine], lengths[mine]):
+                assert np.array_equal(tokens[row, :n], whole[0][row, :n])
+            assert not lengths[:mine.start].any() and not lengths[mine.stop:].any()  # the others' rows: not drawn
+    assert len({int(n) for n in whole[1]}) > 1  # the samples end at different steps
+
+
+def test_a_reward_given_k_times_in_a_group_is_split_k_ways():
+    rewards = split_among_duplicates([2.0, 2.0, 1.5, 2.0, 0.5], [" a!", " a!", " b", " a!", " c"])
+    assert rewards.tolist() == [2 / 3, 2 / 3, 1.5, 2 / 3, 0.5]
+    assert split_among_duplicates([1.0, 1.0], [" x", " y"]).tolist() == [1.0, 1.0]  # no copies: unchanged

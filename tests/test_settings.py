@@ -26,15 +26,16 @@ BAD_VALUES = ["-1", "-5", "nan", "inf", "-inf", "1e300", str(10**30), "0"]
 # Settings for which 0 is a valid value (the test's own list, not the code's ranges).
 ZERO_IS_VALID = {"checkpoint_every", "dropout", "weight_decay", "rl_kl_coef", "rl_entropy_coef",
                  "rl_missing_stop_penalty", "rl_baseline_decay", "seed", "warmup", "kl_coefs",
-                 "sample:temperature", "sample:seed", "compare_rl:seeds"}
+                 "sample:temperature", "sample:seed", "compare_rl:seeds", "entropy_coef", "bench_ranks:rl_steps"}
 
 NUMERIC = {
     "run_all": [f.name for f in dataclasses.fields(PipelineSettings) if f.type in (int, float, "int", "float")],
     "sample": ["samples", "temperature", "top_k", "max_new_tokens", "seed"],
-    "compare_rl": ["steps", "samples", "lr", "seeds", "kl_coefs", "last", "best_of", "pool"],
+    "compare_rl": ["steps", "samples", "lr", "seeds", "kl_coefs", "entropy_coef", "last", "best_of", "pool"],
     "bench": ["steps", "warmup", "rl_steps", "rounds", "large_batch", "pipeline_scale"],
+    "bench_ranks": ["ranks", "batches", "threads", "steps", "warmup", "rl_steps", "rounds"],
 }
-POSITIONAL = {"sample": ["runs/x/sft"], "compare_rl": ["runs/x/sft"], "run_all": [], "bench": []}
+POSITIONAL = {"sample": ["runs/x/sft"], "compare_rl": ["runs/x/sft"], "run_all": [], "bench": [], "bench_ranks": []}
 
 
 def load_cli(script):
@@ -52,7 +53,7 @@ class WorkStarted(AssertionError):
 
 
 WORK = {"run_all": ["run_pipeline"], "compare_rl": ["rl_from_checkpoint", "best_of_n_baseline"], "bench": ["in_rounds", "run_worker"],
-        "sample": ["generate"]}
+        "sample": ["generate"], "bench_ranks": ["measure"]}
 
 
 def run(script, args, refuse_work=True):

@@ -14,8 +14,10 @@ sampler draws from). Pretraining weights every position 1/N (plain cross-entropy
 answer tokens 1/(number of answer tokens) and instruction tokens 0, and REINFORCE weights each
 sampled token by its advantage.
 """
+import contextlib
 import ctypes
 import importlib
+import os
 
 import numpy as np
 
@@ -31,6 +33,30 @@ from .sampling import top_k_mask
 class Backend:
     name = "abstract"
     device = "cpu"
+    # Data parallelism: under torchrun a backend is one of world_size processes ("ranks"); each computes
+    # its share of every global batch, and these methods combine the shares. In one process (every
+    # numpy run) the process is rank 0 of 1 and they hand back what they are given.
+    rank = 0
+    world_size = 1
+
+    def share(self, n):
+        """The rows of a global batch of n that this rank computes: a slice (contiguous, sizes differing
+        by at most one; all n rows in one process)."""
+        return slice(self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size)
+
+    def all_sum(self, values):
+        """A numpy array summed over the ranks: every rank gets the same sums."""
+        return np.asarray(values, dtype=np.float64)
+
+    def all_gather(self, items):
+        """A list of every rank's items (any picklable objects), concatenated in rank order."""
+        return list(items)
+
+    def gradient_sync(self, model, sync):
+        """A block around a forward and backward whose gradients are added to the parameters'. sync
+        False: keep them on this rank (a piece of an accumulated step); sync True (the step's last
+        piece): make every rank's gradient the sum over the ranks. Nothing to do in one process."""
+        return contextlib.nullcontext()
 
     def create_model(self, config, seed):
         """A TinyGPT whose initial weights are minigpt_np's for this seed, on every backend."""
@@ -130,6 +156,9 @@ class NumpyBackend(Backend):
         """kernels: the form of the model's ops, "fast" or "plain", or an object of ops (see TinyGPT)."""
         if device != "cpu":
             raise ValueError(f"the numpy backend runs on the CPU only, not on device {device!r}")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError(f"the numpy backend runs in one process, not as one of the {os.environ['WORLD_SIZE']} "
+                             f"ranks of torchrun; use --backend torch, or run without torchrun")
         if isinstance(kernels, str):
             kernels_named(kernels)  # an unknown name fails here, before any work
         self.kernels = kernels
@@ -223,13 +252,16 @@ class NumpyBackend(Backend):
 BACKENDS = {"numpy": "minigpt_np.train.backend:NumpyBackend", "torch": "minigpt_torch.backend:TorchBackend"}
 
 
-def get_backend(name, device="cpu", kernels=None):
+def get_backend(name, device="cpu", kernels=None, compile=False):
     """The backend called ``name`` (a key of BACKENDS), or a ValueError that says what exists.
-    kernels: the numpy backend's op form ("fast", the default, or "plain"); other backends have one form."""
+    kernels: the numpy backend's op form ("fast", the default, or "plain"); other backends have one form.
+    compile: the torch backend's torch.compile of the training steps."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if kernels is not None and name != "numpy":
         raise ValueError(f"--kernels: {kernels} is for the numpy backend; the {name} backend has one form of its ops")
+    if compile and name != "torch":
+        raise ValueError(f"--compile: torch.compile is for the torch backend, not the {name} backend")
     module_name, class_name = BACKENDS[name].split(":")
     try:
         module = importlib.import_module(module_name)
@@ -237,4 +269,6 @@ def get_backend(name, device="cpu", kernels=None):
         raise ValueError(f"the {name} backend needs a package that is not installed: {error} "
                          f"(for torch: pip install -e '.[torch]')") from None
     backend_class = getattr(module, class_name)
-    return backend_class(device) if kernels is None else backend_class(device, kernels=kernels)
+    if kernels is not None:
+        return backend_class(device, kernels=kernels)
+    return backend_class(device, compile=True) if compile else backend_class(device)

@@ -45,8 +45,9 @@ class MetricsLog:
     that step again. A damaged line anywhere else is an error: the file is not what this run wrote.
     """
 
-    def __init__(self, path, notify=print):
-        self.path = Path(path)
+    def __init__(self, path, notify=print, writes=True):
+        """writes False: keep the records in memory only (the ranks of a data-parallel run but the first)."""
+        self.path, self.writes = Path(path), writes
         self.records = []
         if not self.path.exists():
             return
@@ -71,15 +72,17 @@ class MetricsLog:
         record = {"stage": stage, "step": int(step), **({"summary": True} if summary else {}),
                   **{k: _plain(v) for k, v in figures.items()}}
         self.records.append(record)
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        self._append([record])
 
     def log_many(self, stage, step, rows):
         """Append one record per row (a dict of fields), all at the same step, with one write and one fsync."""
         records = [{"stage": stage, "step": int(step), **{k: _plain(v) for k, v in row.items()}} for row in rows]
         self.records.extend(records)
+        self._append(records)
+
+    def _append(self, records):
+        if not self.writes:
+            return
         with open(self.path, "a") as handle:
             handle.write("".join(json.dumps(record) + "\n" for record in records))
             handle.flush()
@@ -94,7 +97,8 @@ class MetricsLog:
 
     def _rewrite(self):
         """Replace the file with the records, atomically: a crash leaves the old file or the new one."""
-        write_durably(self.path, "".join(json.dumps(r) + "\n" for r in self.records).encode("utf-8"))
+        if self.writes:
+            write_durably(self.path, "".join(json.dumps(r) + "\n" for r in self.records).encode("utf-8"))
 
     def series(self, stage, name):
         """(steps, values) of one figure in one stage, during training (end-of-stage summaries left out)."""

@@ -46,6 +46,8 @@ class PipelineSettings:
     kernels: str = _setting("fast", "numpy backend: the form of the model's ops, fast (for training) or plain "
                             "(functional.py, the reading text); a checkpoint of either loads with the other",
                             ("fast", "plain"))
+    compile: bool = _setting(False, "torch backend: run the training steps through torch.compile (needs a C++ "
+                             "compiler on the CPU; the first steps wait for the compilation)")
     preset: str = _setting("seed", "starting values for every setting: seed (the original) or quick (a demo)",
                            ("seed", "quick"))
     name: str = _setting("", "run folder name under --runs-dir (default: <preset>-<backend>)")
@@ -78,8 +80,8 @@ class PipelineSettings:
     sft_steps: int = _setting(200, "SFT steps", valid=count())
     sft_lr: float = _setting(1e-4, "SFT learning rate", valid=positive(10.0))
     sft_eval_every: int = _setting(50, "SFT steps between validations", valid=count())
-    rl_steps: int = _setting(150, "RL steps", valid=count())
-    rl_lr: float = _setting(1e-4, "RL learning rate", valid=positive(10.0))
+    rl_steps: int = _setting(250, "RL steps", valid=count())
+    rl_lr: float = _setting(2e-4, "RL learning rate", valid=positive(10.0))
     rl_eval_every: int = _setting(25, "RL steps between held-out reward checks", valid=count())
     eval_windows: int = _setting(128, "validation/test windows of context_length characters", valid=count(1, 10**6))
     checkpoint_every: int = _setting(0, "steps between checkpoints within a stage (0: end of stage and Ctrl-C)", valid=count(0))
@@ -92,24 +94,27 @@ class PipelineSettings:
     rl_advantage: str = _setting("rloo", "REINFORCE baseline: none (the original), moving_average, group_mean, "
                                  "rloo (leave-one-out) or group_zscore", ADVANTAGES)
     rl_baseline_decay: float = _setting(0.9, "moving_average: weight of the old baseline in each update", valid=PROBABILITY)
-    rl_kl_coef: float = _setting(0.05, "beta: weight of the exact KL to the frozen SFT policy", valid=coefficient())
+    rl_kl_coef: float = _setting(0.2, "beta: weight of the exact KL to the frozen SFT policy", valid=coefficient())
     rl_kl_mode: str = _setting("loss", "KL as a loss term (loss) or as a detached reward penalty (reward)",
                                ("loss", "reward"))
-    rl_entropy_coef: float = _setting(0.0, "weight of the entropy bonus", valid=coefficient())
+    rl_entropy_coef: float = _setting(0.2, "weight of the entropy bonus", valid=coefficient())
     rl_aggregation: str = _setting("sequence_sum", "log-probabilities of an answer: summed (sequence_sum, "
                                    "longer answers weigh more) or averaged (sequence_mean)",
                                    ("sequence_sum", "sequence_mean"))
     rl_missing_stop_penalty: float = _setting(1.0, "subtracted from the reward of an answer that runs to "
                                               "--max-new-tokens without its end (a training signal only: the "
                                               "logged reward is the reward function's)", valid=coefficient())
+    rl_split_duplicates: bool = _setting(True, "an answer given k times among a prompt's samples trains on its "
+                                         "reward / k (a training signal only: the logged reward is the reward "
+                                         "function's), so that one answer said again and again stops paying")
     rl_windows_per_pass: int = _setting(128, "RL update: sampled windows per forward/backward piece (less: "
                                         "less memory, a little slower)", valid=count(1, 10**6))
-    reward: str = _setting("original", "reward: original (coffee, \"!\", 8-20 words), guarded (the same, paid only "
+    reward: str = _setting("guarded", "reward: original (coffee, \"!\", 8-20 words), guarded (the same, paid only "
                            "for answers that read as language), or module:function returning {component: value}")
 
 
 PRESETS = {
-    "seed": {},  # the defaults above are the original settings
+    "seed": {},  # the defaults above: the original model, pretraining and SFT, and this project's RL method
     "quick": dict(data="embedded", d_model=64, context_length=128, batch_size=16, pretrain_steps=600,
                   pretrain_lr=4e-3, pretrain_eval_every=150, sft_steps=120, sft_lr=1e-3, sft_eval_every=40,
                   rl_steps=30, rl_lr=1e-4, rl_samples=8, rl_eval_every=15, max_new_tokens=56, eval_windows=48),
@@ -159,6 +164,8 @@ def validate(settings):
     if settings.backend != "numpy" and settings.kernels != "fast":
         raise ValueError(f"--kernels: {settings.kernels} is for the numpy backend; "
                          f"the {settings.backend} backend has one form of its ops")
+    if settings.compile and settings.backend != "torch":
+        raise ValueError(f"--compile: torch.compile is for the torch backend, not the {settings.backend} backend")
     if settings.rl_advantage in ("group_mean", "rloo", "group_zscore") and settings.rl_samples < 2:
         raise ValueError(f"--rl-samples: the {settings.rl_advantage} advantage compares the samples of a prompt, "
                          f"so it needs at least 2, got {settings.rl_samples}")
@@ -182,13 +189,13 @@ def rl_settings(settings):
     return RLSettings(settings.rl_samples, settings.rl_prompts_per_step, settings.rl_advantage,
                       settings.rl_baseline_decay, settings.rl_kl_coef, settings.rl_kl_mode,
                       settings.rl_entropy_coef, settings.rl_aggregation, settings.rl_missing_stop_penalty,
-                      settings.rl_windows_per_pass)
+                      settings.rl_windows_per_pass, settings.rl_split_duplicates)
 
 
 def backend_for(settings):
     """The backend of the settings; the kernels are the numpy backend's choice (the others have one form)."""
     return get_backend(settings.backend, settings.device,
-                       kernels=settings.kernels if settings.backend == "numpy" else None)
+                       kernels=settings.kernels if settings.backend == "numpy" else None, compile=settings.compile)
 
 
 class RunFolderError(ValueError):
@@ -196,7 +203,9 @@ class RunFolderError(ValueError):
 
 
 # Settings that may change when a run is resumed (they do not change what is computed).
-_RESUMABLE_CHANGES = {"resume", "progress", "device"}
+_RESUMABLE_CHANGES = {"resume", "progress", "device", "compile"}
+# Settings whose default is not what a run saved before they were added did.
+_BEFORE_ADDED = {"rl_split_duplicates": False}
 
 
 def _prepare_folder(folder, settings):
@@ -207,11 +216,13 @@ def _prepare_folder(folder, settings):
         if not settings_path.exists():
             raise RunFolderError(f"--resume: {folder} holds no run to resume")
         saved = json.loads(settings_path.read_text())
-        defaults = dataclasses.asdict(PipelineSettings())  # a setting added since the run was saved
+        # a setting added since the run was saved: what the run did before it existed
+        defaults = {**dataclasses.asdict(PipelineSettings()), **_BEFORE_ADDED}
         changed = [k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k, defaults[k]) != current[k]]
         if changed:
             raise RunFolderError("--resume with other settings than the stopped run: "
-                                 + ", ".join(f"{k}={current[k]!r} (run: {saved.get(k)!r})" for k in changed))
+                                 + ", ".join(f"{k}={current[k]!r} (run: {saved.get(k, defaults[k])!r})"
+                                             for k in changed))
         return
     if any((folder / stage / "checkpoint.json").exists() for stage in STAGES):
         raise RunFolderError(f"{folder} already holds a run: add --resume to continue it, or choose another --name")
@@ -228,9 +239,21 @@ def build_tokenizer(corpus, pairs, extra_texts=()):
         + [format_example(i, a) for i, a in pairs])
 
 
+def check_world_size(settings, backend):
+    """Under torchrun every global batch is split evenly over the ranks."""
+    W = backend.world_size
+    if settings.batch_size % W:
+        raise ValueError(f"--batch-size: {settings.batch_size} sequences do not split evenly over {W} ranks")
+    if (settings.rl_samples * settings.rl_prompts_per_step) % W:
+        raise ValueError(f"--rl-samples: {settings.rl_samples} x {settings.rl_prompts_per_step} prompts per step "
+                         f"= {settings.rl_samples * settings.rl_prompts_per_step} samples do not split evenly "
+                         f"over {W} ranks")
+
+
 def run_pipeline(settings, notify=print):
     """Pretraining, SFT and RL one after the other; returns the summary of each stage."""
     backend = backend_for(settings)
+    check_world_size(settings, backend)
     reward_fn = load_reward(settings.reward)
     corpus = load_corpus(settings.data, settings.data_dir or None, settings.train_file or None,
                          settings.validation_file or None, settings.test_file or None)
@@ -288,18 +311,22 @@ def run_pipeline(settings, notify=print):
                  extra={"wall_time": wall_time, "samples": samples, "final_samples": final_samples,
                         "train_loss": run.metrics.last(stage, "train_loss")})
         summaries[stage] = run.stage_checkpoint(stage).meta
-        write_plots(folder, run.metrics)
-        write_report(folder, context, summaries, run.metrics)
+        if run.writes:
+            write_plots(folder, run.metrics)
+            write_report(folder, context, summaries, run.metrics)
     return summaries, folder
 
 
 def _new_run(settings, backend, config, tokenizer, notify):
     folder = Path(settings.runs_dir) / (settings.name or f"{settings.preset}-{settings.backend}")
-    _prepare_folder(folder, settings)
+    writes = backend.rank == 0  # under torchrun, rank 0 alone writes
+    if writes:
+        _prepare_folder(folder, settings)
+    backend.all_sum(0)  # the other ranks wait for the folder (if rank 0 refuses it, rank 0's exit stops them)
     sampling = SamplingSettings(settings.temperature, settings.top_k, settings.max_new_tokens)
     return Run(backend, backend.create_model(config, settings.seed), config, tokenizer, folder,
-               MetricsLog(folder / "metrics.jsonl", notify), settings.seed, sampling, settings.resume, settings.progress,
-               notify)
+               MetricsLog(folder / "metrics.jsonl", notify, writes=writes), settings.seed, sampling, settings.resume,
+               settings.progress, notify)
 
 
 def _stage_settings(settings, stage):

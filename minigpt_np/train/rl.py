@@ -8,7 +8,9 @@ One step, in words:
 2. Rewards. ``reward(answer)`` returns named components; their sum is the reward r.
 3. Advantages A (``advantages``), optionally after subtracting from r a KL penalty and a penalty
    for an answer cut off at max_new_tokens (``missing_stop_penalty``: the reward itself can score a
-   cut-off answer well, and without it a policy can learn never to finish; the logged reward is r).
+   cut-off answer well, and without it a policy can learn never to finish; the logged reward is r),
+   and after splitting the reward of an answer given k times in its group k ways (``split_duplicates``:
+   a policy that says one best answer again and again stops being paid for each copy).
 4. Loss, with the log-probabilities recomputed for exactly the contexts that were sampled
    (``policy_windows``) under the same distribution (temperature, top-k truncation, crop):
 
@@ -63,6 +65,7 @@ class RLSettings:
     aggregation: str = "sequence_sum"  # or "sequence_mean"
     missing_stop_penalty: float = 0.0  # subtracted from the reward of an answer cut off at max_new_tokens
     windows_per_pass: int = 128  # policy windows per forward/backward piece (memory: one piece's graph)
+    split_duplicates: bool = False  # an answer given k times in its group trains on r / k
 
     def __post_init__(self):
         if self.advantage not in ADVANTAGES:
@@ -80,6 +83,16 @@ class RLSettings:
 
 
 # ---------------------------------------------------------------------------- advantages
+def split_among_duplicates(rewards, answers):
+    """r_i / k_i, k_i the number of answers of the group equal to answer i (itself included): the
+    reward of an answer the policy gives k times is shared among its copies, so a collapse onto one
+    answer pays one answer's reward, not k."""
+    copies = {}
+    for answer in answers:
+        copies[answer] = copies.get(answer, 0) + 1
+    return np.asarray(rewards, dtype=np.float64) / np.array([copies[answer] for answer in answers])
+
+
 def advantages(rewards, method, baseline=0.0):
     """Advantages of one prompt's group of G rewards.
 
@@ -181,18 +194,19 @@ def accumulate_policy_gradient(backend, model, batches, reference_logits, sample
     token, the KL to the reference, the entropy and the index of its sample.
     """
     total, token_kl, token_entropy, token_sample = 0.0, [], [], []
-    for (ids, targets, index), reference in zip(batches, reference_logits):
-        logits = backend.forward(model, ids, last=targets.shape[1])  # (rows, L, V)
-        counted = targets != IGNORE
-        kl, entropy = kl_and_entropy(backend.numpy(logits)[counted], reference[counted])
-        token_kl.append(kl)
-        token_entropy.append(entropy)
-        token_sample.append(np.broadcast_to(index[:, None], targets.shape)[counted])
-        weights = np.where(counted, sample_weights[index][:, None], 0.0)  # (rows, L)
-        part = backend.weighted_nll(logits, targets, weights, temperature, top_k)
-        if kl_weight or entropy_weight:
-            part = part + backend.kl_entropy(logits, reference, counted * kl_weight, counted * entropy_weight)
-        total += backend.backward(part)
+    for piece, ((ids, targets, index), reference) in enumerate(zip(batches, reference_logits)):
+        with backend.gradient_sync(model, sync=piece == len(batches) - 1):  # ranks add up at the last piece
+            logits = backend.forward(model, ids, last=targets.shape[1])  # (rows, L, V)
+            counted = targets != IGNORE
+            kl, entropy = kl_and_entropy(backend.numpy(logits)[counted], reference[counted])
+            token_kl.append(kl)
+            token_entropy.append(entropy)
+            token_sample.append(np.broadcast_to(index[:, None], targets.shape)[counted])
+            weights = np.where(counted, sample_weights[index][:, None], 0.0)  # (rows, L)
+            part = backend.weighted_nll(logits, targets, weights, temperature, top_k)
+            if kl_weight or entropy_weight:
+                part = part + backend.kl_entropy(logits, reference, counted * kl_weight, counted * entropy_weight)
+            total += backend.backward(part)
     return total, np.concatenate(token_kl), np.concatenate(token_entropy), np.concatenate(token_sample)
 
 
@@ -244,7 +258,7 @@ def policy_samples(run, instruction, reward_fn, n, rng):
 def keep_final_samples(run, step, records):
     """Add the final policy's answers to rl/samples.jsonl, marked "final"."""
     run.stage_folder("rl").mkdir(parents=True, exist_ok=True)
-    MetricsLog(run.stage_folder("rl") / "samples.jsonl", run.notify).log_many(
+    MetricsLog(run.stage_folder("rl") / "samples.jsonl", run.notify, writes=run.writes).log_many(
         "rl", step, [{"final": True, **record} for record in records])
 
 
@@ -280,7 +294,7 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
     # the moving-average baseline and the steps done, saved with checkpoints
     state = {"baseline": 0.0, "baseline_steps": 0, "step": 0}
     run.stage_folder("rl").mkdir(parents=True, exist_ok=True)
-    samples_log = MetricsLog(run.stage_folder("rl") / "samples.jsonl", run.notify)
+    samples_log = MetricsLog(run.stage_folder("rl") / "samples.jsonl", run.notify, writes=run.writes)
 
     def make_loss(rng):
         state["step"] += 1
@@ -288,32 +302,43 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
         chosen = rng.choice(len(prompts), size=rl_settings.prompts_per_step,
                             replace=len(prompts) < rl_settings.prompts_per_step)
         sample_prompts = [prompt_ids[c] for c in chosen for _ in range(G)]
+        N = len(sample_prompts)
+        mine = backend.share(N)  # the samples this rank draws and learns from (all of them in one process)
         generated, lengths, finished = generate(run.predict, [prompt_ids[c] for c in chosen], G,
                                                 sampling.max_new_tokens, T, sampling.temperature,
-                                                sampling.top_k, rng, run.stop_id)
-        answers = [run.tokenizer.decode(row[: n - int(done)]) for row, n, done in zip(generated, lengths, finished)]
+                                                sampling.top_k, rng, run.stop_id, rows=mine)
+        generated, lengths, finished = generated[mine], lengths[mine], finished[mine]
+        # every rank scores every answer, so the group baselines see the whole group
+        answers, all_lengths, all_finished = map(list, zip(*backend.all_gather(
+            (run.tokenizer.decode(row[: n - int(done)]), int(n), bool(done))
+            for row, n, done in zip(generated, lengths, finished))))
+        all_lengths, all_finished = np.array(all_lengths), np.array(all_finished)
         rewards, components = score(reward_fn, answers)
         rewards = np.asarray(rewards)
-        N = len(answers)
         if state["step"] > settings.steps - KEPT_STEPS:
             # a resumed stage redoes the steps after its checkpoint: their answers from before the stop go first
             samples_log.truncate_after("rl", state["step"] - 1)
             samples_log.log_many("rl", state["step"], sample_records(
-                [prompts[c] for c in chosen for _ in range(G)], answers, finished, rewards, components))
+                [prompts[c] for c in chosen for _ in range(G)], answers, all_finished, rewards, components))
 
-        # The windows the samples were drawn from, in pieces; the frozen reference scores them first.
-        batches = policy_windows(sample_prompts, generated, lengths, T, rl_settings.windows_per_pass)
+        # This rank's windows of its samples, in pieces (index: the sample's row among this rank's);
+        # the frozen reference scores them first.
+        batches = policy_windows(sample_prompts[mine], generated, lengths, T, rl_settings.windows_per_pass)
         reference_logits = [backend.predict(reference, ids, targets.shape[1]) for ids, targets, _ in batches]
 
-        shaped = rewards - rl_settings.missing_stop_penalty * ~finished
+        shaped = rewards
+        if rl_settings.split_duplicates:
+            shaped = np.concatenate([split_among_duplicates(rewards[g * G:(g + 1) * G], answers[g * G:(g + 1) * G])
+                                     for g in range(len(chosen))])
+        shaped = shaped - rl_settings.missing_stop_penalty * ~all_finished
         if rl_settings.kl_mode == "reward" and rl_settings.kl_coef:
             # the penalty needs each answer's KL before the update: score the windows once without a graph
             sample_kl = np.zeros(N)
             for (ids, targets, index), reference_part in zip(batches, reference_logits):
                 counted = targets != IGNORE
                 kl, _ = kl_and_entropy(run.predict(ids, targets.shape[1])[counted], reference_part[counted])
-                np.add.at(sample_kl, np.broadcast_to(index[:, None], targets.shape)[counted], kl)
-            shaped = shaped - rl_settings.kl_coef * sample_kl
+                np.add.at(sample_kl, mine.start + np.broadcast_to(index[:, None], targets.shape)[counted], kl)
+            shaped = shaped - rl_settings.kl_coef * backend.all_sum(sample_kl)
         advantage = np.concatenate([advantages(shaped[g * G:(g + 1) * G], rl_settings.advantage, state["baseline"])
                                     for g in range(len(chosen))])
         if rl_settings.advantage == "moving_average":
@@ -322,21 +347,27 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
             state["baseline_steps"] += 1
         per_token = advantage / N  # sequence_sum
         if rl_settings.aggregation == "sequence_mean":
-            per_token = per_token / np.maximum(lengths, 1)
-        n_tokens = int(lengths.sum())
+            per_token = per_token / np.maximum(all_lengths, 1)
+        n_tokens = int(all_lengths.sum())
         kl_weight = rl_settings.kl_coef / n_tokens if rl_settings.kl_mode == "loss" else 0.0
 
         loss_value, token_kl, token_entropy, token_sample = accumulate_policy_gradient(
-            backend, model, batches, reference_logits, per_token, sampling.temperature, sampling.top_k,
+            backend, model, batches, reference_logits, per_token[mine], sampling.temperature, sampling.top_k,
             kl_weight, rl_settings.entropy_coef / n_tokens)
+        # the figures of the whole rollout: each sample's KL and entropy summed over its tokens, per rank, added
+        sample_kl, sample_entropy = np.zeros(N), np.zeros(N)
+        sample_kl[mine] = np.bincount(token_sample, token_kl, minlength=len(lengths))
+        sample_entropy[mine] = np.bincount(token_sample, token_entropy, minlength=len(lengths))
+        sample_kl, sample_entropy = backend.all_sum([sample_kl, sample_entropy])
+        loss_value = float(backend.all_sum(loss_value))
 
         groups = rewards.reshape(len(chosen), G)
         figures = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
                    **{f"reward/{name}": float(np.mean(v)) for name, v in components.items()},
                    "zero_std_frac": float(np.mean(groups.std(axis=1) == 0)),
-                   "kl": float(token_kl.mean()), "entropy": float(token_entropy.mean()),
-                   "kl_per_answer": float(np.bincount(token_sample, token_kl, minlength=N).mean()),
-                   **sample_figures(answers, finished), "policy_loss": loss_value}
+                   "kl": float(sample_kl.sum() / n_tokens), "entropy": float(sample_entropy.sum() / n_tokens),
+                   "kl_per_answer": float(sample_kl.mean()),
+                   **sample_figures(answers, all_finished), "policy_loss": loss_value}
         return None, figures  # the gradients are accumulated already
 
     def evaluate():

@@ -30,7 +30,8 @@ def draw(probs, uniforms):
     return (cumulative > uniforms[:, None]).argmax(axis=-1)
 
 
-def generate(predict, prompts, n_samples, max_new_tokens, context_length, temperature, top_k, rng, stop_id):
+def generate(predict, prompts, n_samples, max_new_tokens, context_length, temperature, top_k, rng, stop_id,
+             rows=None):
     """Continue each prompt n_samples times, all samples advanced together.
 
     prompts: one id array, or a list of them (rows come out prompt by prompt).
@@ -42,6 +43,9 @@ def generate(predict, prompts, n_samples, max_new_tokens, context_length, temper
     in row order (finished samples' too, so a sample's draws do not depend on the others'
     lengths). temperature 0 is greedy.
     A sample ends at stop_id (kept as its last token) or after max_new_tokens.
+    rows: the samples to draw (a slice; default all); the others are left out as if finished at once
+    (length 0), and their uniforms are drawn all the same, so each sample drawn gets the tokens it
+    gets when all are drawn (one rank's share of a data-parallel rollout).
     Returns (tokens (N, L) int64 padded with stop_id, lengths (N,), finished (N,) bool).
     """
     if isinstance(prompts, np.ndarray) and prompts.ndim == 1:
@@ -54,7 +58,8 @@ def generate(predict, prompts, n_samples, max_new_tokens, context_length, temper
         sequences[row, : len(prompt)] = prompt
     generated = np.full((N, max_new_tokens), stop_id, dtype=np.int64)
     lengths = np.zeros(N, dtype=np.int64)
-    finished = np.zeros(N, dtype=bool)
+    finished = np.ones(N, dtype=bool)
+    finished[slice(None) if rows is None else rows] = False
     for step in range(max_new_tokens):
         ends = prompt_lengths + step  # each row's current length
         starts = np.maximum(ends - context_length, 0)

@@ -7,6 +7,10 @@ progress, metrics, checkpoints, resuming, Ctrl-C and the NaN guard.
 Determinism: the batch (or rollout) of step s of stage k comes from a random generator seeded with
 (seed, k, s), and the dropout stream is restarted from it too. A run resumed from step s therefore
 draws exactly what an unbroken run would have drawn, and reports the same losses.
+
+Data parallelism (the torch backend under torchrun): every rank draws the same global batch and
+computes its share of it (``backend.share``), weighted with the global batch's normalisers, so the
+ranks' summed gradient is the global batch's; rank 0 alone writes files (``Run.writes``).
 """
 import math
 import signal
@@ -62,6 +66,11 @@ class Run:
         self.folder, self.metrics, self.seed, self.sampling = Path(folder), metrics, seed, sampling
         self.resume, self.progress, self.notify = resume, progress, notify
         self.stop_id = tokenizer.index["\n"]
+        self.writes = backend.rank == 0  # one writer: checkpoints, logs, plots and the report
+
+    def any_rank(self, flag):
+        """True when flag is true on any rank (the same answer on every rank)."""
+        return bool(self.backend.all_sum([float(flag)])[0])
 
     def stage_folder(self, stage):
         return self.folder / stage
@@ -77,12 +86,14 @@ class Run:
         return load_checkpoint(folder, expect_config=self.config, expect_tokenizer=self.tokenizer)
 
     def save(self, stage, step, complete, optimizer=None, metrics=None, extra=None):
-        arrays, steps = (self.backend.optimizer_state(self.model, optimizer) if optimizer is not None
-                         else (None, None))
-        save_checkpoint(self.stage_folder(stage), self.backend.state_dict(self.model), self.config,
-                        self.tokenizer, stage=stage, step=step, complete=complete, metrics=metrics,
-                        optimizer_arrays=arrays, optimizer_steps=steps,
-                        extra={"backend": self.backend.name, "seed": self.seed, **(extra or {})})
+        if self.writes:
+            arrays, steps = (self.backend.optimizer_state(self.model, optimizer) if optimizer is not None
+                             else (None, None))
+            save_checkpoint(self.stage_folder(stage), self.backend.state_dict(self.model), self.config,
+                            self.tokenizer, stage=stage, step=step, complete=complete, metrics=metrics,
+                            optimizer_arrays=arrays, optimizer_steps=steps,
+                            extra={"backend": self.backend.name, "seed": self.seed, **(extra or {})})
+        self.any_rank(False)  # every rank waits for the checkpoint to be written
 
 
 class _CtrlC:
@@ -111,7 +122,8 @@ class _CtrlC:
 def _progress_bar(run, stage, total, initial):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=f"{stage:<8}", disable=not run.progress, mininterval=0.5,
+    return tqdm(total=total, initial=initial, desc=f"{stage:<8}", disable=not (run.progress and run.writes),
+                mininterval=0.5,
                 dynamic_ncols=True, leave=True)
 
 
@@ -165,7 +177,7 @@ def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_
 
     with _CtrlC() as ctrl_c, _progress_bar(run, stage, settings.steps, start) as bar:
         for step in range(start + 1, settings.steps + 1):
-            if ctrl_c.requested:
+            if run.any_rank(ctrl_c.requested):  # every rank stops at the same step
                 read_values()  # a NaN among them: TrainingDiverged, and nothing is saved
                 run.save(stage, step - 1, False, optimizer, last_eval, {"wall_time": wall_time, "stage_state": state})
                 raise StageInterrupted(f"{stage}: stopped at step {step - 1} of {settings.steps} and saved to "
@@ -205,14 +217,18 @@ def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_
 
 # ---------------------------------------------------------------------------- evaluation (no gradients)
 def mean_token_loss(run, inputs, targets, batch_size):
-    """Mean cross-entropy (nats per predicted token) over all counted targets, in float64."""
+    """Mean cross-entropy (nats per predicted token) over all counted targets, in float64; each rank
+    scores its share of the rows, and the sums are added over the ranks."""
+    mine = run.backend.share(len(inputs))
+    inputs, targets = inputs[mine], targets[mine]
     total, count = 0.0, 0
     for begin in range(0, len(inputs), batch_size):
         logits = run.predict(inputs[begin:begin + batch_size]).astype(np.float64)
         chunk = targets[begin:begin + batch_size]
         total += F.cross_entropy(Tensor(logits), chunk, ignore_index=IGNORE, reduction="sum").item()
         count += int((chunk != IGNORE).sum())
-    return total / max(count, 1)
+    total, count = run.backend.all_sum([total, count])
+    return float(total / max(count, 1))
 
 
 def language_model_figures(run, tokens, max_windows, batch_size, prefix):
@@ -270,7 +286,8 @@ def pretrain(run, settings, train_tokens, validation_tokens, eval_windows):
         backend.set_training(model, True)
         inputs, targets = random_windows(train_tokens, settings.batch_size, T, rng)
         weights = np.full(targets.shape, 1.0 / targets.size)  # mean over all positions
-        return backend.weighted_nll(backend.forward(model, inputs), targets, weights), {}
+        mine = backend.share(len(inputs))  # this rank's rows (all of them in one process)
+        return backend.weighted_nll(backend.forward(model, inputs[mine]), targets[mine], weights[mine]), {}
 
     def evaluate():
         backend.set_training(model, False)
@@ -296,8 +313,9 @@ def sft(run, settings, train_pairs, held_out_pairs):
         chosen = [train_pairs[i] for i in rng.integers(0, len(train_pairs), settings.batch_size)]
         inputs, targets = sft_batch(chosen, run.tokenizer, run.config.context_length)
         answer_mask = targets != IGNORE
-        weights = answer_mask / answer_mask.sum()  # mean over answer tokens
-        return backend.weighted_nll(backend.forward(model, inputs), targets, weights), {}
+        weights = answer_mask / answer_mask.sum()  # mean over the global batch's answer tokens
+        mine = backend.share(len(inputs))
+        return backend.weighted_nll(backend.forward(model, inputs[mine]), targets[mine], weights[mine]), {}
 
     def evaluate():
         backend.set_training(model, False)

@@ -1,0 +1,180 @@
+"""Data-parallel scaling of the torch backend: the training step and the RL step at 1, 2, ... ranks.
+
+    python examples/bench_ranks.py                         # CPU: 1 and 2 ranks, one thread each; batch 32 and 256
+    python examples/bench_ranks.py --ranks 1 2 4 --device cuda --batches 32 512 --compile
+
+Each figure is measured by a fresh set of processes (``torchrun --standalone --nproc-per-node=N``
+for N > 1, gloo on the CPU, NCCL on GPUs), on the default TinyGPT with the embedded vocabulary:
+
+* train: one pretraining step as the stage runs it (global batch B split over the ranks, forward,
+  weighted cross-entropy, backward with DDP's all-reduce of the gradients, clipping, AdamW), the
+  median of --steps steps after --warmup; tokens/s = B x context / step time.
+* rl: one RL step of the seed preset (1 prompt x 16 samples split over the ranks, rollout, rewards
+  gathered, update), the mean of --rl-steps after a first one, from an untrained model.
+
+On the CPU every rank gets --threads threads (default 1: on 2 cores, 2 ranks fill the machine as one
+process with 2 threads does; that row is added for comparison). The measurements take turns in
+--rounds rounds, so a slow spell of a shared machine falls on all of them; each figure is its median
+round, and the speed-up over 1 rank is printed round by round.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def train_worker(device, batch, steps, warmup, compile):
+    from minigpt_np.train.backend import get_backend
+    from minigpt_np.train.data import random_windows
+    from bench import default_setup
+
+    corpus, tokenizer, config = default_setup()
+    backend = get_backend("torch", device, compile=compile)
+    model = backend.create_model(config, 0)
+    optimizer = backend.create_optimizer(model, 3e-4, 0.01)
+    backend.set_training(model, True)
+    rng = np.random.default_rng(0)
+    tokens = tokenizer.encode(corpus.train)
+    times = []
+    for step in range(warmup + steps):
+        inputs, targets = random_windows(tokens, batch, config.context_length, rng)
+        weights = np.full(targets.shape, 1.0 / targets.size)
+        mine = backend.share(batch)
+        backend.all_sum(0)  # every rank starts the step together
+        started = time.perf_counter()
+        loss = backend.weighted_nll(backend.forward(model, inputs[mine]), targets[mine], weights[mine])
+        backend.read([backend.optimizer_step(model, optimizer, loss, 1.0)])  # waits for the step to finish
+        if step >= warmup:
+            times.append(time.perf_counter() - started)
+    ms = 1000 * float(np.median(backend.all_sum(times) / backend.world_size))  # the ranks' mean, per step
+    return {"ms": ms, "tokens_per_s": batch * config.context_length / ms * 1000}
+
+
+def rl_worker(device, steps, compile):
+    from minigpt_np.train.backend import get_backend
+    from minigpt_np.train.checkpoint import save_checkpoint
+    from minigpt_np.train.pipeline import rl_from_checkpoint, settings_for
+    from bench import default_setup
+
+    _, tokenizer, config = default_setup()
+    backend = get_backend("torch", device)
+    folder = Path(os.environ.get("BENCH_FOLDER", tempfile.mkdtemp()))
+    if backend.rank == 0:
+        weights = backend.state_dict(backend.create_model(config, 0))
+        save_checkpoint(folder / "start", weights, config, tokenizer, stage="sft", step=0, complete=True)
+    backend.all_sum(0)
+    settings = settings_for("seed", backend="torch", device=device, runs_dir=str(folder), name="rl", progress=False,
+                            rl_steps=steps + 1, rl_eval_every=10**7, compile=compile)
+    run, _, _ = rl_from_checkpoint(folder / "start", settings, notify=lambda message: None)
+    seconds = run.metrics.series("rl", "step_seconds")[1][1:]  # the first step warms up
+    return {"ms": 1000 * float(np.mean(seconds)), "answer_chars": float(np.mean(run.metrics.series("rl", "length_chars")[1][1:]))}
+
+
+WORKERS = {"train": train_worker, "rl": rl_worker}
+
+
+def measure(kind, ranks, threads, **kwargs):
+    """One figure from a fresh set of ranks; rank 0 prints its JSON answer last."""
+    script = [__file__, "--worker", kind, "--worker-args", json.dumps(kwargs)]
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
+                if ranks > 1 else [sys.executable])
+    with tempfile.TemporaryDirectory() as folder:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "BENCH_FOLDER": folder}
+        done = subprocess.run([*launcher, *script], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"bench_ranks: the {kind} measurement at {ranks} ranks failed:\n{done.stderr.strip()[-3000:]}")
+    return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+
+
+def main(argv=None):
+    from minigpt_np.train.validation import OneLineParser, check_values, count
+
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="rank counts (default 1 2)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[32, 256], help="global batches (default 32 256)")
+    parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (NCCL, one GPU per rank)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per rank (default 1)")
+    parser.add_argument("--compile", action="store_true", help="also measure the training step through torch.compile")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps (default 20)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed training steps first (default 5)")
+    parser.add_argument("--rl-steps", type=int, default=3, help="timed RL steps (default 3; 0: no RL figures)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median counts (default 3)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-args", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        result = WORKERS[args.worker](**json.loads(args.worker_args))
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(json.dumps(result), flush=True)
+        return 0
+    try:
+        check_values(vars(args), {"ranks": count(1, 1024), "batches": count(1, 65536), "threads": count(1, 1024),
+                                  "steps": count(1, 10**5), "warmup": count(0, 10**5), "rl_steps": count(0, 10**4),
+                                  "rounds": count(1, 100)})
+        for batch in args.batches:
+            for ranks in args.ranks:
+                if batch % ranks:
+                    raise ValueError(f"--batches: {batch} does not split evenly over {ranks} ranks")
+        if args.rl_steps and any(16 % ranks for ranks in args.ranks):
+            raise ValueError("--ranks: the RL step's 16 samples must split evenly over every rank count (or --rl-steps 0)")
+        if args.device != "cpu":
+            from minigpt_np.train.backend import get_backend
+            get_backend("torch", args.device)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    plan = {}  # name -> (kind, ranks, threads, worker arguments)
+    configurations = [(ranks, args.threads) for ranks in args.ranks]
+    if args.device == "cpu" and 1 in args.ranks and max(args.ranks) * args.threads > args.threads:
+        configurations.append((1, max(args.ranks) * args.threads))  # one process on all the ranks' threads
+    for batch in args.batches:
+        for compile in (False, True) if args.compile else (False,):
+            for ranks, threads in configurations:
+                plan[("train", batch, compile, ranks, threads)] = ("train", ranks, threads, dict(
+                    device=args.device, batch=batch, steps=args.steps, warmup=args.warmup, compile=compile))
+    if args.rl_steps:
+        for ranks, threads in configurations:
+            plan[("rl", 16, False, ranks, threads)] = ("rl", ranks, threads, dict(
+                device=args.device, steps=args.rl_steps, compile=False))
+    rounds = {name: [] for name in plan}
+    started = time.perf_counter()
+    for _ in range(args.rounds):
+        for name, (kind, ranks, threads, kwargs) in plan.items():
+            rounds[name].append(measure(kind, ranks, threads, **kwargs))
+    import torch
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, device {args.device}"
+          + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
+          + f"; {args.rounds} rounds in {time.perf_counter() - started:.0f} s")
+    print(f"\n{'step':<8}{'batch':>6}{'compile':>8}{'ranks':>6}{'threads':>8}{'ms':>9}{'tokens/s':>11}"
+          f"{'speed-up':>10}   round by round")
+    table = []
+    for name, results in rounds.items():
+        kind, batch, compile, ranks, threads = name
+        ms = float(np.median([r["ms"] for r in results]))
+        base = rounds.get((kind, batch, compile, 1, args.threads))
+        speedups = [b["ms"] / r["ms"] for b, r in zip(base, results)] if base else []
+        tokens = float(np.median([r["tokens_per_s"] for r in results])) if kind == "train" else None
+        table.append(dict(step=kind, batch=batch, compile=compile, ranks=ranks, threads=threads, ms=ms,
+                          tokens_per_s=tokens, speedup=float(np.median(speedups)) if speedups else None,
+                          rounds_ms=[r["ms"] for r in results]))
+        print(f"{kind:<8}{batch:>6}{'yes' if compile else 'no':>8}{ranks:>6}{threads:>8}{ms:>9.1f}"
+              f"{tokens if tokens else float('nan'):>11.0f}{np.median(speedups) if speedups else float('nan'):>10.2f}   "
+              + ", ".join(f"{s:.2f}" for s in speedups))
+    if args.json:
+        args.json.write_text(json.dumps({"device": args.device, "rows": table}, indent=1))
+        print(f"\nwritten: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

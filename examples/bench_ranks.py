@@ -59,6 +59,7 @@ def train_worker(device, batch, steps, warmup, compile):
 
 
 def rl_worker(device, steps, compile):
+    from minigpt_np.model import TinyGPT
     from minigpt_np.train.backend import get_backend
     from minigpt_np.train.checkpoint import save_checkpoint
     from minigpt_np.train.pipeline import rl_from_checkpoint, settings_for
@@ -67,8 +68,8 @@ def rl_worker(device, steps, compile):
     _, tokenizer, config = default_setup()
     backend = get_backend("torch", device)
     folder = Path(os.environ.get("BENCH_FOLDER", tempfile.mkdtemp()))
-    if backend.rank == 0:
-        weights = backend.state_dict(backend.create_model(config, 0))
+    if backend.rank == 0:  # the untrained weights (not a backend's model: under DDP every rank must make it)
+        weights = TinyGPT(config, seed=0).state_dict()
         save_checkpoint(folder / "start", weights, config, tokenizer, stage="sft", step=0, complete=True)
     backend.all_sum(0)
     settings = settings_for("seed", backend="torch", device=device, runs_dir=str(folder), name="rl", progress=False,

@@ -80,14 +80,16 @@ def step_gflop(config, batch):
 
 
 # ---------------------------------------------------------------------------- workers (one process each)
-def train_worker(backend_name, dtype, device, batch, steps, warmup, kernels=None):
-    """kernels: the numpy backend's form of its ops (None for torch)."""
+def train_worker(backend_name, dtype, device, batch, steps, warmup, kernels=None, compile=False):
+    """kernels: the numpy backend's form of its ops (None for torch); compile: torch.compile (torch).
+    Under torchrun (examples/bench_ranks.py) each rank computes its share of the batch, the ranks start
+    each step together, and the step time is the ranks' mean."""
     import dataclasses
     from minigpt_np.train.backend import get_backend
     from minigpt_np.train.data import random_windows
     corpus, tokenizer, config = default_setup()
     config = dataclasses.replace(config, dtype=dtype)
-    backend = get_backend(backend_name, device, kernels=kernels)
+    backend = get_backend(backend_name, device, kernels=kernels, compile=compile)
     model = backend.create_model(config, 0)
     optimizer = backend.create_optimizer(model, 3e-4, 0.01)
     backend.set_training(model, True)
@@ -97,12 +99,14 @@ def train_worker(backend_name, dtype, device, batch, steps, warmup, kernels=None
     for step in range(warmup + steps):
         inputs, targets = random_windows(tokens, batch, config.context_length, rng)
         weights = np.full(targets.shape, 1.0 / targets.size)
+        mine = backend.share(batch)  # all of the batch in one process
+        backend.all_sum(0)  # the ranks start the step together (nothing to wait for in one process)
         started = time.perf_counter()
-        loss = backend.weighted_nll(backend.forward(model, inputs), targets, weights)
+        loss = backend.weighted_nll(backend.forward(model, inputs[mine]), targets[mine], weights[mine])
         backend.read([backend.optimizer_step(model, optimizer, loss, 1.0)])  # waits for the step to finish
         if step >= warmup:
             times.append(time.perf_counter() - started)
-    ms = 1000 * float(np.median(times))
+    ms = 1000 * float(np.median(backend.all_sum(times) / backend.world_size))
     return {"ms": ms, "tokens_per_s": batch * config.context_length / ms * 1000,
             "step_gflop": step_gflop(config, batch), "peak_rss_mb": peak_rss_mb()}
 

@@ -32,30 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def train_worker(device, batch, steps, warmup, compile):
-    from minigpt_np.train.backend import get_backend
-    from minigpt_np.train.data import random_windows
-    from bench import default_setup
+    from bench import train_worker as one_step_time
 
-    corpus, tokenizer, config = default_setup()
-    backend = get_backend("torch", device, compile=compile)
-    model = backend.create_model(config, 0)
-    optimizer = backend.create_optimizer(model, 3e-4, 0.01)
-    backend.set_training(model, True)
-    rng = np.random.default_rng(0)
-    tokens = tokenizer.encode(corpus.train)
-    times = []
-    for step in range(warmup + steps):
-        inputs, targets = random_windows(tokens, batch, config.context_length, rng)
-        weights = np.full(targets.shape, 1.0 / targets.size)
-        mine = backend.share(batch)
-        backend.all_sum(0)  # every rank starts the step together
-        started = time.perf_counter()
-        loss = backend.weighted_nll(backend.forward(model, inputs[mine]), targets[mine], weights[mine])
-        backend.read([backend.optimizer_step(model, optimizer, loss, 1.0)])  # waits for the step to finish
-        if step >= warmup:
-            times.append(time.perf_counter() - started)
-    ms = 1000 * float(np.median(backend.all_sum(times) / backend.world_size))  # the ranks' mean, per step
-    return {"ms": ms, "tokens_per_s": batch * config.context_length / ms * 1000}
+    return one_step_time("torch", "float32", device, batch, steps, warmup, compile=compile)
 
 
 def rl_worker(device, steps, compile):

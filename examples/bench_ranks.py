@@ -37,7 +37,7 @@ def train_worker(device, batch, steps, warmup, compile):
     return one_step_time("torch", "float32", device, batch, steps, warmup, compile=compile)
 
 
-def rl_worker(device, steps, compile):
+def rl_worker(device, steps):
     from minigpt_np.model import TinyGPT
     from minigpt_np.train.backend import get_backend
     from minigpt_np.train.checkpoint import save_checkpoint
@@ -52,7 +52,7 @@ def rl_worker(device, steps, compile):
         save_checkpoint(folder / "start", weights, config, tokenizer, stage="sft", step=0, complete=True)
     backend.all_sum(0)
     settings = settings_for("seed", backend="torch", device=device, runs_dir=str(folder), name="rl", progress=False,
-                            rl_steps=steps + 1, rl_eval_every=10**7, compile=compile)
+                            rl_steps=steps + 1, rl_eval_every=10**7)
     run, _, _ = rl_from_checkpoint(folder / "start", settings, notify=lambda message: None)
     seconds = run.metrics.series("rl", "step_seconds")[1][1:]  # the first step warms up
     return {"ms": 1000 * float(np.mean(seconds)), "answer_chars": float(np.mean(run.metrics.series("rl", "length_chars")[1][1:]))}
@@ -125,7 +125,7 @@ def main(argv=None):
     if args.rl_steps:
         for ranks, threads in configurations:
             plan[("rl", 16, False, ranks, threads)] = ("rl", ranks, threads, dict(
-                device=args.device, steps=args.rl_steps, compile=False))
+                device=args.device, steps=args.rl_steps))
     rounds = {name: [] for name in plan}
     started = time.perf_counter()
     for _ in range(args.rounds):

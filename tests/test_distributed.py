@@ -3,7 +3,7 @@
 * float64, dropout 0, 300 pretraining steps: every logged figure of all three stages (losses, gradient norms, rewards, KL,
   entropy, evaluations) within abs 1e-10 of one process at the same global batch, the same answers
   in rl/samples.jsonl, and every stage's final weights within abs 1e-10; float32 within abs 1e-4
-  (the key projection's bias, whose true gradient is zero, held to a bound instead: see KEY_BIAS_BOUND).
+  (the key projection's bias, whose true gradient is zero, held to a bound instead: see key_bias_bound).
   (Plain differences, no relative tolerance.) The sums over ranks add the same numbers in another
   order, so the two agree to rounding, not to the bit.
 * dropout on: each rank's masks come from (seed, rank, step), so two 2-rank runs agree to the bit.
@@ -77,19 +77,23 @@ def largest_differences(folder, reference, name="metrics.jsonl"):
 
 # The key projection's bias has no true gradient (the softmax cancels it): its gradient is rounding
 # noise, which AdamW normalises into steps of up to lr, so where the ranks' sums round differently the
-# key biases wander apart (in float32, visibly). They are held to that bound, from their start at zero:
-# the quick preset's steps x lr of the three stages (4e-3, 1e-3, 1e-4), for the longest pretraining here.
-KEY_BIAS_BOUND = 300 * 4e-3 + 4 * 1e-3 + 3 * 1e-4
+# key biases wander apart (in float32, visibly). They are held to that bound instead, from their start
+# at zero: the sum over the run's stages of steps x lr (``key_bias_bound``).
 # The float64 runs pretrain longer: the comparison covers 300 steps, and a Ctrl-C lands in pretraining.
 FLOAT64 = ["--dtype", "float64", "--pretrain-steps", "300", "--pretrain-eval-every", "100"]
 
 
-def without_key_bias(weights):
+def key_bias_bound(folder):
+    settings = json.loads((folder / "settings.json").read_text())
+    return sum(settings[f"{stage}_steps"] * settings[f"{stage}_lr"] for stage in STAGES)
+
+
+def without_key_bias(weights, bound):
     weights = {k: v.astype(np.float64) for k, v in weights.items()}
     for name in [name for name in weights if name.endswith("in_proj_bias")]:
         query, key, value = np.split(weights.pop(name), 3)
         weights[name + " (query, value)"] = np.concatenate([query, value])
-        assert np.abs(key).max() <= KEY_BIAS_BOUND, name
+        assert np.abs(key).max() <= bound, (name, np.abs(key).max(), bound)
     return weights
 
 
@@ -97,8 +101,8 @@ def weight_differences(folder, reference):
     """{stage: largest abs difference of its final weights}, the key biases held to their bound instead."""
     out = {}
     for stage in STAGES:
-        ours = without_key_bias(load_checkpoint(folder / stage).weights)
-        theirs = without_key_bias(load_checkpoint(reference / stage).weights)
+        ours = without_key_bias(load_checkpoint(folder / stage).weights, key_bias_bound(folder))
+        theirs = without_key_bias(load_checkpoint(reference / stage).weights, key_bias_bound(reference))
         assert ours.keys() == theirs.keys()
         out[stage] = max(float(np.abs(ours[k] - theirs[k]).max()) for k in ours)
     return out
@@ -144,15 +148,15 @@ def test_dropout_masks_per_rank_make_a_two_rank_run_reproducible(tmp_path):
     assert same_weights(first, again)
 
 
-def interrupted(runs_dir, name, *extra, ranks=2, when="pretrain/checkpoint.json", sig=signal.SIGINT):
-    """Start a run that checkpoints every step; send sig to the launcher once `when` exists."""
+def interrupted(runs_dir, name, *extra, ranks=2, when="pretrain/checkpoint.json"):
+    """Start a run that checkpoints every step; Ctrl-C (SIGINT) to the launcher once `when` exists."""
     process = subprocess.Popen(command(runs_dir, name, "--checkpoint-every", "1", *extra, ranks=ranks),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
     deadline = time.monotonic() + 120
     while not (Path(runs_dir) / name / when).exists():
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be stopped"
         time.sleep(0.05)
-    process.send_signal(sig)
+    process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     return process.returncode, stderr
 

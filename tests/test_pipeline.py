@@ -504,3 +504,20 @@ def test_a_second_ctrl_c_during_the_save_leaves_a_checkpoint_that_resumes(tmp_pa
     assert load_checkpoint(tmp_path / "broken" / "pretrain").step == 4  # the save of step 5 never committed
     run_pipeline(settings_for("quick", name="broken", resume=True, **common), notify=lambda m: None)
     assert_same_run(tmp_path / "broken", tmp_path / "unbroken")
+
+
+def test_resuming_a_run_saved_before_a_setting_existed_compares_with_what_that_run_did(tmp_path):
+    """A run saved before --rl-split-duplicates existed did not split; resuming it with today's default
+    (split) would change what it computes, so it is refused, naming the setting."""
+    import dataclasses
+
+    from minigpt_np.train.pipeline import RunFolderError, _prepare_folder
+
+    folder = tmp_path / "old"
+    folder.mkdir()
+    saved = dataclasses.asdict(settings_for("quick"))
+    del saved["rl_split_duplicates"]
+    (folder / "settings.json").write_text(json.dumps(saved))
+    with pytest.raises(RunFolderError, match=r"rl_split_duplicates=True \(run: False\)"):
+        _prepare_folder(folder, settings_for("quick", resume=True))
+    _prepare_folder(folder, settings_for("quick", resume=True, rl_split_duplicates=False))  # what it did: resumes

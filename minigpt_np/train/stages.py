@@ -123,8 +123,7 @@ def _progress_bar(run, stage, total, initial):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=f"{stage:<8}", disable=not (run.progress and run.writes),
-                mininterval=0.5,
-                dynamic_ncols=True, leave=True)
+                mininterval=0.5, dynamic_ncols=True, leave=True)
 
 
 def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_loss", state=None):

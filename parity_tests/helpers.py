@@ -39,7 +39,10 @@ CONTRACT = {
     },
     "float32": {
         "value": Tolerance(1e-5),
-        "grad": Tolerance(1e-5, 1e-3, "element"),
+        # Rounding grows with the size of what was summed, which the tensor's largest entry measures: a
+        # gradient that cancels to zero (the key bias of attention) is rounding noise on both sides, and an
+        # element-wise bound (1e-3 * |ref|) gave that noise no room.
+        "grad": Tolerance(1e-5, 1e-3, "max"),
         "optimizer": Tolerance(1e-5),
         "trajectory": Tolerance(1e-4),
     },

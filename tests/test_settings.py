@@ -79,7 +79,7 @@ def test_every_numeric_setting_of_run_all_is_covered():
     assert ranged == set(NUMERIC["run_all"])  # every number has a stated range
 
 
-@settings(max_examples=120, deadline=None, derandomize=True)
+@settings(max_examples=120, deadline=None)
 @given(script_and_name=st.sampled_from([(s, n) for s, names in NUMERIC.items() for n in names]),
        value=st.sampled_from(BAD_VALUES))
 def test_a_bad_number_is_refused_in_one_line(script_and_name, value):

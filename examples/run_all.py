@@ -17,7 +17,7 @@ import sys
 
 from minigpt_np.train.checkpoint import CheckpointWriteError
 from minigpt_np.train.pipeline import PRESETS, PipelineSettings, run_pipeline, settings_for
-from minigpt_np.train.report import summary_rows, text_table
+from minigpt_np.train.report import stage_problems, summary_rows, text_table
 from minigpt_np.train.stages import StageInterrupted, TrainingDiverged
 from minigpt_np.train.validation import OneLineParser
 
@@ -72,6 +72,9 @@ def main(argv=None):
         return 0
     print()
     print(text_table(summary_rows(summaries)))
+    problems = stage_problems(summaries)
+    if problems:
+        print("\nstages that did not do their job:\n" + "\n".join(f"  {problem}" for problem in problems))
     print(f"\nreport: {folder / 'report.md'}")
     return 0
 

@@ -65,7 +65,7 @@ def test_quick_preset_end_to_end(tmp_path, backend):
         assert record["reward"] == sum(guarded_reward(record["answer"]).values())  # the default reward
         assert record["components"] == guarded_reward(record["answer"])
         assert {k: record[k] for k in ("real_word_rate", "repeat_rate", "readable")} == answer_figures(record["answer"])
-        assert record["prompt"] == "Write a short tagline about coffee before practice." and record["stage"] == "rl"
+        assert record["prompt"] == "Give a creative tagline for coffee before practice." and record["stage"] == "rl"
     final = [r for r in kept if r.get("final")]
     rl_summary = summaries["rl"]["metrics"]
     assert rl_summary["readable_frac"] == np.mean([r["readable"] for r in final])

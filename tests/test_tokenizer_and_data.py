@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import minigpt_np
 from minigpt_np.train import data
 from minigpt_np.train.data import DataError
 from minigpt_np.train.tokenizer import UNKNOWN, CharTokenizer
@@ -69,7 +70,7 @@ def test_builtin_sft_pairs():
     pairs = data.load_sft_pairs()
     assert len(pairs) >= 60
     instructions = [i for i, _ in pairs]
-    assert "Write a short tagline about coffee before practice." in instructions
+    assert "Give a creative tagline for coffee before practice." in instructions
     kinds = {i.split()[0] + " " + i.split()[1] for i in instructions}
     assert len(kinds) >= 5
     train, held_out = data.split_pairs(pairs)
@@ -94,20 +95,85 @@ def test_sft_file_errors_name_file_and_line(tmp_path):
     assert data.load_sft_pairs(good)[2] == ("Say 2.", "2!")
 
 
-def test_sft_batch_trains_the_answer_and_its_newline_only():
-    pairs = [("Say hi.", "Hi there!"), ("A much longer instruction here.", "Ok.")]
-    text = "".join(data.format_example(i, a) for i, a in pairs)
-    tokenizer = CharTokenizer.from_texts([text])
-    inputs, targets = data.sft_batch(pairs, tokenizer, context_length=64)
-    for row, (instruction, answer) in enumerate(pairs):
-        trained = tokenizer.decode(targets[row][targets[row] != data.IGNORE])
-        assert trained == " " + answer + "\n"
-        full = data.format_example(instruction, answer)
-        assert tokenizer.decode(inputs[row][: len(full) - 1]) == full[:-1]
-    # longer than the context: the last context_length characters are kept, the answer included
-    inputs, targets = data.sft_batch(pairs[1:], tokenizer, context_length=20)
-    assert inputs.shape == (1, 20)
-    assert tokenizer.decode(targets[0][targets[0] != data.IGNORE]) == " Ok.\n"
+def sampler_windows(tokenizer, instruction, answer, context_length):
+    """What sampling shows the model when it writes each answer character: the last context_length
+    characters before it, written out from the definition."""
+    full = tokenizer.encode(data.format_example(instruction, answer))
+    start = len(tokenizer.encode(data.format_prompt(instruction)))
+    return sorted((tuple(full[max(0, j - context_length):j]), int(full[j])) for j in range(start, len(full)))
+
+
+def trained_windows(ids, targets):
+    """(the context up to a trained position, its target) for every trained position."""
+    return sorted((tuple(ids[row, : position + 1]), int(targets[row, position]))
+                  for row, position in zip(*np.nonzero(targets != data.IGNORE)))
+
+
+PAIRS = [("Say hi.", "Hi there!"), ("A much longer instruction here, longer than the context.", "Ok, done."),
+         ("Tell me about the sea.", "It is wide and deep and full of quiet noise.")]
+
+
+@pytest.mark.parametrize("context_length", [8, 20, 40, 64, 200])
+def test_sft_trains_each_answer_character_once_in_the_window_sampling_shows_it(context_length):
+    tokenizer = CharTokenizer.from_texts([data.format_example(i, a) for i, a in PAIRS])
+    ids, targets, weights = data.sft_windows(PAIRS, tokenizer, context_length)
+    expected = sorted(w for i, a in PAIRS for w in sampler_windows(tokenizer, i, a, context_length))
+    assert trained_windows(ids, targets) == expected  # each answer character and its newline, once, nothing else
+    answer_characters = sum(len(a) + 2 for _, a in PAIRS)  # " " + answer + "\n"
+    np.testing.assert_allclose(weights[targets != data.IGNORE], 1 / answer_characters, rtol=1e-12, atol=0)
+    assert (weights[targets == data.IGNORE] == 0).all() and ids.shape[1] <= context_length
+
+
+def test_sft_draws_answer_characters_with_weights_that_keep_the_mean():
+    tokenizer = CharTokenizer.from_texts([data.format_example(i, a) for i, a in PAIRS])
+    context_length, drawn = 12, 3
+    every = dict(zip(trained_windows(*data.sft_windows(PAIRS, tokenizer, context_length)[:2]), range(10**6)))
+    rng = np.random.default_rng(0)
+    # an arbitrary per-character "loss"; its weighted sum over the drawn characters estimates the full mean
+    value = np.random.default_rng(1).standard_normal(len(every))
+    full_mean = value.mean()
+    estimates = []
+    for _ in range(400):
+        ids, targets, weights = data.sft_windows(PAIRS, tokenizer, context_length, rng, drawn)
+        trained = [(tuple(ids[r, : p + 1]), int(targets[r, p])) for r, p in zip(*np.nonzero(targets != data.IGNORE))]
+        assert set(trained) <= set(every) and len(set(trained)) == len(trained)  # sampler windows, each once
+        assert np.isclose(weights.sum(), 1.0, rtol=0, atol=1e-12)
+        estimates.append(sum(weights[r, p] * value[every[w]]
+                             for (r, p), w in zip(zip(*np.nonzero(targets != data.IGNORE)), trained)))
+    spread = np.std(estimates) / np.sqrt(len(estimates))
+    assert abs(np.mean(estimates) - full_mean) < 4 * spread, (np.mean(estimates), full_mean, spread)
+
+
+def test_sft_on_prompts_longer_than_the_context_does_not_learn_to_stop_at_once():
+    """A tiny model fine-tuned from scratch on prompts both shorter and longer than its context: the
+    probability that the answer ends at once (newline right after "Answer:") stays near zero for all,
+    as in the data. (Trained on each example's last context_length + 1 characters instead, the last
+    position of every full window always predicts the closing newline, and a long prompt, cropped so
+    that "Answer:" ends there, answers with nothing.)"""
+    from minigpt_np.train.backend import get_backend
+    from minigpt_np.train.sampling import next_token_probs
+
+    context_length = 24
+    subjects = ["tea", "a long walk by the river in the early morning", "bread", "the old harbour town at dusk"]
+    pairs = [(f"Name {s}.", f"{s.split()[-1]} is fine.") for s in subjects]
+    tokenizer = CharTokenizer.from_texts([data.format_example(i, a) for i, a in pairs])
+    backend = get_backend("numpy")
+    config = minigpt_np.GPTConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_layers=1, n_heads=2,
+                                  context_length=context_length, dropout=0.0, dtype="float32")
+    model = backend.create_model(config, seed=0)
+    optimizer = backend.create_optimizer(model, 3e-3, 0.0)
+    rng = np.random.default_rng(0)
+    backend.set_training(model, True)
+    for _ in range(150):
+        ids, targets, weights = data.sft_windows(pairs, tokenizer, context_length, rng, 6)
+        backend.optimizer_step(model, optimizer, backend.weighted_nll(backend.forward(model, ids), targets, weights),
+                               1.0)
+    backend.set_training(model, False)
+    newline = tokenizer.index["\n"]
+    for instruction, _ in pairs:
+        prompt = tokenizer.encode(data.format_prompt(instruction))
+        p_empty = next_token_probs(backend.predict(model, prompt[None, -context_length:], 1)[:, -1], 1.0, None)[0, newline]
+        assert p_empty < 0.005, (instruction, len(prompt), p_empty)  # 1e-4 here; 0.015 to 0.066 on the former windows
 
 
 def test_corpus_shorter_than_a_window_is_a_clear_error():

@@ -242,27 +242,95 @@ def split_pairs(pairs, held_out_every=6):
     return train, held_out
 
 
-def sft_batch(pairs, tokenizer, context_length):
-    """Inputs and targets for a batch of pairs, with the loss on the answer only.
+def policy_windows(prompts, generated, lengths, context_length, max_rows=None):
+    """At most two forward batches that give every sampled token exactly the context it was sampled from
+    (each cut into pieces of at most max_rows windows, when given).
 
-    Each example is prompt + " " + answer + "\\n". Targets are the inputs shifted by one; targets
-    inside the prompt are IGNORE (-100), so only the answer (and its closing newline) is trained.
-    An example longer than context_length + 1 keeps its last context_length + 1 characters (the
-    answer and the end of the instruction). Shorter examples are padded on the right with IGNORE
-    targets; padding cannot affect earlier positions because attention is causal.
+    prompts: one id array per sample; generated (N, L), lengths (N,): the sampled tokens.
+    The sampler saw the last context_length tokens before each new token (the crop). A token at
+    absolute index j <= context_length saw a prefix of its sample's first window
+    sequence[:context_length], so one causal forward over the first windows scores all of them;
+    shorter first windows are padded on the right, which cannot change an earlier position's
+    logits (attention is causal) and whose targets are IGNORE. Each later token saw its own window
+    sequence[j - context_length : j]; those form the second batch, in which only the last position
+    is a target.
+
+    Returns [(ids, targets, sample_index)]. targets (rows, L) hold the targets of the last L
+    positions of ids (L: the whole width for the first windows, 1 for the later ones, whose logits
+    are needed at the last position only: ``Backend.forward(..., last=L)``); IGNORE except at sampled tokens.
     """
-    encoded = []
-    for instruction, answer in pairs:
-        prompt = tokenizer.encode(format_prompt(instruction))
-        full = tokenizer.encode(format_example(instruction, answer))
-        targets = full[1:].copy()
-        targets[: len(prompt) - 1] = IGNORE  # predictions made inside the prompt
-        inputs = full[:-1]
-        encoded.append((inputs[-context_length:], targets[-context_length:]))
-    T = max(len(inputs) for inputs, _ in encoded)
-    ids = np.zeros((len(encoded), T), dtype=np.int64)
-    targets = np.full((len(encoded), T), IGNORE, dtype=np.int64)
-    for row, (x, y) in enumerate(encoded):
-        ids[row, : len(x)] = x
-        targets[row, : len(y)] = y
-    return ids, targets
+    first, later = [], []
+    for i, (prompt, row, length) in enumerate(zip(prompts, generated, lengths)):
+        sequence = np.concatenate([prompt, row[:length]])
+        first_T = min(len(sequence) - 1, context_length)
+        targets = sequence[1:first_T + 1].copy()
+        targets[: len(prompt) - 1] = IGNORE  # predictions of prompt characters are not actions
+        if (targets != IGNORE).any():
+            first.append((sequence[:first_T], targets, i))
+        for j in range(max(context_length + 1, len(prompt)), len(sequence)):
+            later.append((sequence[j - context_length:j], sequence[j], i))
+    batches = []
+    if first:
+        width = max(len(ids) for ids, _, _ in first)
+        ids = np.zeros((len(first), width), dtype=np.int64)
+        targets = np.full((len(first), width), IGNORE, dtype=np.int64)
+        for row, (window, window_targets, _) in enumerate(first):
+            ids[row, : len(window)], targets[row, : len(window)] = window, window_targets
+        batches.append((ids, targets, np.array([i for _, _, i in first])))
+    if later:
+        ids = np.stack([window for window, _, _ in later])  # (number of later tokens, context_length)
+        targets = np.array([[target] for _, target, _ in later], dtype=np.int64)  # the last position's: (rows, 1)
+        batches.append((ids, targets, np.array([i for _, _, i in later])))
+    if max_rows is None:
+        return batches
+    return [(ids[start:start + max_rows], targets[start:start + max_rows], index[start:start + max_rows])
+            for ids, targets, index in batches for start in range(0, len(ids), max_rows)]
+
+
+def sft_windows(pairs, tokenizer, context_length, rng=None, answer_chars=None):
+    """The windows that sampling shows the model while it writes each answer, with the loss on the answer only.
+
+    An example is prompt + " " + answer + "\\n". Each answer character is trained in the window the sampler
+    gives the model when it writes that character, the one RL scores it in (``policy_windows``): the
+    characters that fit in the first context_length all in the example's first window, each later one
+    in its own window of the context_length characters before it, at the last position. Any other window
+    teaches a position a habit that sampling never shows it: the example's last context_length + 1
+    characters, say, put the closing newline at the last position of every full window, and a prompt
+    longer than the context then gets an empty answer.
+
+    answer_chars: train at most this many of each example's later characters (those in windows of their
+    own), drawn by rng without replacement, each weighing (its example's later characters) / (drawn), so
+    that the loss's expectation is still the mean over every answer character of the batch. None: all.
+
+    Returns ids (N, W) (first windows right-padded: attention is causal, padding cannot reach an earlier
+    position), targets (N, W) with IGNORE where nothing is trained, and weights (N, W) summing to 1.
+    """
+    prompts = [tokenizer.encode(format_prompt(instruction)) for instruction, _ in pairs]
+    answers = [tokenizer.encode(f" {answer}\n") for _, answer in pairs]
+    lengths = np.array([len(answer) for answer in answers])
+    generated = np.zeros((len(pairs), lengths.max()), dtype=np.int64)
+    for row, answer in enumerate(answers):
+        generated[row, : len(answer)] = answer
+    batches = policy_windows(prompts, generated, lengths, context_length)
+    width = max(batch_ids.shape[1] for batch_ids, _, _ in batches)
+    ids, targets, weights = [], [], []
+    for batch_ids, batch_targets, example in batches:
+        W, L = batch_ids.shape[1], batch_targets.shape[1]  # the targets are those of the last L positions
+        row_weights = np.ones(len(batch_ids))
+        if L == 1 and answer_chars is not None:  # one target a row: draw answer_chars rows of each example
+            drawn = []
+            for i in np.unique(example):
+                rows = np.flatnonzero(example == i)
+                chosen = rows if len(rows) <= answer_chars else np.sort(rng.choice(rows, answer_chars, replace=False))
+                row_weights[chosen] = len(rows) / len(chosen)
+                drawn.extend(chosen)
+            batch_ids, batch_targets, row_weights = batch_ids[drawn], batch_targets[drawn], row_weights[drawn]
+        padded_ids = np.zeros((len(batch_ids), width), dtype=np.int64)
+        padded_targets = np.full((len(batch_ids), width), IGNORE, dtype=np.int64)
+        padded_ids[:, :W] = batch_ids
+        padded_targets[:, W - L:W] = batch_targets
+        ids.append(padded_ids)
+        targets.append(padded_targets)
+        weights.append((padded_targets != IGNORE) * row_weights[:, None])
+    weights = np.concatenate(weights)
+    return np.concatenate(ids), np.concatenate(targets), weights / lengths.sum()

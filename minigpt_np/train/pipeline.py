@@ -27,9 +27,9 @@ from .stages import (STAGES, Run, SamplingSettings, StageSettings, answer_figure
                      pretrain, reward_figures, sample_answers, sft)
 from .tokenizer import CharTokenizer
 
-# The RL instruction of the original: with "Instruction: ... \nAnswer:" around it, the prompt is 72
-# characters, longer than the original context of 64.
-RL_INSTRUCTION = "Write a short tagline about coffee before practice."
+# The RL instruction of the original, exactly: with "Instruction: " and "\nAnswer:" around it, the prompt is
+# 72 characters, longer than the original context of 64. The SFT pairs hold it too, as the original's did.
+RL_INSTRUCTION = "Give a creative tagline for coffee before practice."
 # A raw prompt sampled after every stage (with the RL prompt and two held-out instructions).
 TEXT_PROMPT = "The coach"
 
@@ -78,8 +78,11 @@ class PipelineSettings:
     pretrain_lr: float = _setting(3e-4, "pretraining learning rate", valid=positive(10.0))
     pretrain_eval_every: int = _setting(200, "pretraining steps between validations", valid=count())
     sft_steps: int = _setting(200, "SFT steps", valid=count())
-    sft_lr: float = _setting(1e-4, "SFT learning rate", valid=positive(10.0))
+    sft_lr: float = _setting(3e-4, "SFT learning rate", valid=positive(10.0))
     sft_eval_every: int = _setting(50, "SFT steps between validations", valid=count())
+    sft_answer_chars: int = _setting(8, "SFT: answer characters trained per example and step, each in the window "
+                                     "that sampling shows the model when it writes it (0: all of them)",
+                                     valid=count(0))
     rl_steps: int = _setting(250, "RL steps", valid=count())
     rl_lr: float = _setting(2e-4, "RL learning rate", valid=positive(10.0))
     rl_eval_every: int = _setting(25, "RL steps between held-out reward checks", valid=count())
@@ -205,7 +208,7 @@ class RunFolderError(ValueError):
 # Settings that may change when a run is resumed (they do not change what is computed).
 _RESUMABLE_CHANGES = {"resume", "progress", "device", "compile"}
 # Settings whose default is not what a run saved before they were added did.
-_BEFORE_ADDED = {"rl_split_duplicates": False}
+_BEFORE_ADDED = {"rl_split_duplicates": False, "sft_answer_chars": None}
 
 
 def _prepare_folder(folder, settings):
@@ -277,7 +280,7 @@ def run_pipeline(settings, notify=print):
 
     stage_calls = {
         "pretrain": lambda s: pretrain(run, s, tokens["train"], tokens["validation"], settings.eval_windows),
-        "sft": lambda s: sft(run, s, train_pairs, held_out_pairs),
+        "sft": lambda s: sft(run, s, train_pairs, held_out_pairs, settings.sft_answer_chars or None),
         "rl": lambda s: reinforce(run, s, rl_settings(settings), rl_prompts, reward_fn, held_out_prompts,
                                   reference_weights=backend.state_dict(run.model)),
     }
@@ -302,6 +305,9 @@ def run_pipeline(settings, notify=print):
         _, wall_time = stage_calls[stage](_stage_settings(settings, stage))
         backend.set_training(run.model, False)
         figures, final_samples = stage_figures(run, stage, tokens, settings, held_out_pairs, rl_prompts, reward_fn)
+        flat_groups = run.metrics.series(stage, "zero_std_frac")[1]  # RL: groups whose answers all scored alike
+        if flat_groups:
+            figures["flat_group_share"] = float(np.mean(flat_groups))
         steps = getattr(settings, f"{stage}_steps")
         run.metrics.log(stage, steps, summary=True, **figures)
         if stage == "rl":

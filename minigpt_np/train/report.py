@@ -60,6 +60,37 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
+def stage_problems(summaries):
+    """Lines that say where a stage's figures show it did not do its job, each with its figure and meaning.
+    Empty when every stage looks as it should."""
+    problems = []
+    for stage in ("sft", "rl"):
+        summary = summaries.get(stage, {})
+        answers = [record["answer"] for record in summary.get("final_samples") or []]
+        if answers:
+            empty = sum(not answer.strip() for answer in answers)
+            distinct = len(set(answers))
+            if empty >= len(answers) / 2:
+                problems.append(f"{stage}: {empty} of {len(answers)} answers to the RL prompt are empty (the model "
+                                "ends its answer at once)" + (": RL has nothing to learn from" if stage == "sft" else ""))
+            elif distinct <= max(1, len(answers) // 10):
+                problems.append(f"{stage}: {distinct} distinct answers of {len(answers)} to the RL prompt: one answer "
+                                "repeated, no variety left to learn from")
+        format_rate = summary.get("metrics", {}).get("format_rate")
+        if format_rate is not None and format_rate < 0.5:
+            problems.append(f"{stage}: format rate {format_rate:.2f}: most held-out prompts get no well-formed answer "
+                            "(a space, some text, the closing newline)")
+    flat = summaries.get("rl", {}).get("metrics", {}).get("flat_group_share")
+    if flat is not None and flat >= 0.5:
+        problems.append(f"rl: in {flat:.0%} of the steps' groups every answer got the same reward: no advantage, so "
+                        "no gradient from the reward")
+    before, after = (summaries.get(stage, {}).get("metrics", {}).get("reward_mean") for stage in ("sft", "rl"))
+    if before is not None and after is not None and after - before < 0.05:
+        problems.append(f"rl: the reward did not rise ({before:.3f} after SFT, {after:.3f} after RL, on "
+                        f"{FINAL_SAMPLES} answers each)")
+    return problems
+
+
 PLOTS = {
     "pretrain": ("pretrain_loss.png", "Pretraining: cross-entropy per character",
                  (("train_loss", "train"), ("val_loss", "validation"))),
@@ -156,8 +187,8 @@ def write_report(folder, context, summaries, metrics):
         "| setting | value |", "|---|---|",
     ]
     lines += [f"| {k} | {v} |" for k, v in config.items()]
-    for key in ("batch_size", "pretrain_steps", "pretrain_lr", "sft_steps", "sft_lr", "rl_steps", "rl_lr",
-                "weight_decay", "grad_clip", "temperature", "top_k", "rl_samples", "rl_advantage", "reward"):
+    for key in ("batch_size", "pretrain_steps", "pretrain_lr", "sft_steps", "sft_lr", "sft_answer_chars", "rl_steps",
+                "rl_lr", "weight_decay", "grad_clip", "temperature", "top_k", "rl_samples", "rl_advantage", "reward"):
         lines.append(f"| {key} | {settings[key]} |")
     lines += ["", "## The stages compared", "",
               "Figures after each stage: validation loss on the corpus, answer-only loss and format rate on "
@@ -166,6 +197,9 @@ def write_report(folder, context, summaries, metrics):
               "read as language (real-word rate, repeat rate, and the readable share: real-word rate >= 0.9 "
               "and no word more than twice; see readability.py) and the share of distinct answers.", "",
               markdown_table(summary_rows(summaries)), ""]
+    problems = stage_problems(summaries)
+    if problems:
+        lines += ["**Stages that did not do their job:**", ""] + [f"- {problem}" for problem in problems] + [""]
     pretrain_metrics = summaries.get("pretrain", {}).get("metrics", {})
     if "test_loss" in pretrain_metrics:
         lines += [f"Test after pretraining: loss {pretrain_metrics['test_loss']:.3f}, "

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..functional import log_softmax_array
-from .data import IGNORE, format_prompt
+from .data import IGNORE, format_prompt, policy_windows
 from .metrics import MetricsLog
 from .readability import answer_figures, readability_figures
 from .rewards import REWARDS, score
@@ -136,51 +136,6 @@ def kl_and_entropy(policy_logits, reference_logits):
 
 
 # ---------------------------------------------------------------------------- the sampled contexts
-def policy_windows(prompts, generated, lengths, context_length, max_rows=None):
-    """At most two forward batches that give every sampled token exactly the context it was sampled from
-    (each cut into pieces of at most max_rows windows, when given).
-
-    prompts: one id array per sample; generated (N, L), lengths (N,): the sampled tokens.
-    The sampler saw the last context_length tokens before each new token (the crop). A token at
-    absolute index j <= context_length saw a prefix of its sample's first window
-    sequence[:context_length], so one causal forward over the first windows scores all of them;
-    shorter first windows are padded on the right, which cannot change an earlier position's
-    logits (attention is causal) and whose targets are IGNORE. Each later token saw its own window
-    sequence[j - context_length : j]; those form the second batch, in which only the last position
-    is a target.
-
-    Returns [(ids, targets, sample_index)]. targets (rows, L) hold the targets of the last L
-    positions of ids (L: the whole width for the first windows, 1 for the later ones, whose logits
-    are needed at the last position only: ``Backend.forward(..., last=L)``); IGNORE except at sampled tokens.
-    """
-    first, later = [], []
-    for i, (prompt, row, length) in enumerate(zip(prompts, generated, lengths)):
-        sequence = np.concatenate([prompt, row[:length]])
-        first_T = min(len(sequence) - 1, context_length)
-        targets = sequence[1:first_T + 1].copy()
-        targets[: len(prompt) - 1] = IGNORE  # predictions of prompt characters are not actions
-        if (targets != IGNORE).any():
-            first.append((sequence[:first_T], targets, i))
-        for j in range(max(context_length + 1, len(prompt)), len(sequence)):
-            later.append((sequence[j - context_length:j], sequence[j], i))
-    batches = []
-    if first:
-        width = max(len(ids) for ids, _, _ in first)
-        ids = np.zeros((len(first), width), dtype=np.int64)
-        targets = np.full((len(first), width), IGNORE, dtype=np.int64)
-        for row, (window, window_targets, _) in enumerate(first):
-            ids[row, : len(window)], targets[row, : len(window)] = window, window_targets
-        batches.append((ids, targets, np.array([i for _, _, i in first])))
-    if later:
-        ids = np.stack([window for window, _, _ in later])  # (number of later tokens, context_length)
-        targets = np.array([[target] for _, target, _ in later], dtype=np.int64)  # the last position's: (rows, 1)
-        batches.append((ids, targets, np.array([i for _, _, i in later])))
-    if max_rows is None:
-        return batches
-    return [(ids[start:start + max_rows], targets[start:start + max_rows], index[start:start + max_rows])
-            for ids, targets, index in batches for start in range(0, len(ids), max_rows)]
-
-
 def accumulate_policy_gradient(backend, model, batches, reference_logits, sample_weights, temperature, top_k,
                                kl_weight, entropy_weight):
     """The REINFORCE loss of the module docstring, its gradient added to the parameters piece by piece.

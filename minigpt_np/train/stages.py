@@ -23,7 +23,7 @@ import numpy as np
 from .. import functional as F
 from ..autograd import Tensor
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import IGNORE, evaluation_windows, format_prompt, random_windows, sft_batch
+from .data import IGNORE, evaluation_windows, format_prompt, random_windows, sft_windows
 from .rewards import score
 from .sampling import generate
 
@@ -254,8 +254,9 @@ def follows_answer_format(text, finished):
 
 
 def answer_figures(run, held_out_pairs, batch_size, rng):
-    """answer_loss (answer-only cross-entropy) and format_rate on held-out instruction/answer pairs."""
-    inputs, targets = sft_batch(held_out_pairs, run.tokenizer, run.config.context_length)
+    """answer_loss (answer-only cross-entropy, every answer character in the window sampling gives it) and
+    format_rate on held-out instruction/answer pairs."""
+    inputs, targets, _ = sft_windows(held_out_pairs, run.tokenizer, run.config.context_length)
     formatted = [follows_answer_format(*sample_answers(run, instruction, 1, rng)[0])
                  for instruction, _ in held_out_pairs]
     return {"answer_loss": mean_token_loss(run, inputs, targets, batch_size), "format_rate": float(np.mean(formatted))}
@@ -296,23 +297,24 @@ def pretrain(run, settings, train_tokens, validation_tokens, eval_windows):
 
 
 # ---------------------------------------------------------------------------- stage 2: SFT
-def sft(run, settings, train_pairs, held_out_pairs):
+def sft(run, settings, train_pairs, held_out_pairs, answer_chars=None):
     """Supervised fine-tuning on "Instruction: ...\\nAnswer: ...\\n" examples, from the pretrained weights.
 
     Each step takes batch_size pairs at random (with replacement), and minimises the cross-entropy of
     the answer tokens only: the instruction is context, not a target. The answer's closing newline is
-    a target, so the model learns where an answer ends. The vocabulary is the pretraining one, so no
-    weight is re-initialised. Evaluation: answer-only loss on the held-out pairs, and the share of
-    held-out prompts whose sample is a well-formed answer (format_rate).
+    a target, so the model learns where an answer ends. Each answer character is trained in the window
+    that sampling will show the model when it writes that character (``data.sft_windows``): the last
+    context_length characters before it; answer_chars of each example at random (all when None), weighted
+    so that the loss estimates the mean over every answer character of the batch. The vocabulary is the
+    pretraining one, so no weight is re-initialised. Evaluation: answer-only loss on the held-out pairs,
+    and the share of held-out prompts whose sample is a well-formed answer (format_rate).
     """
     backend, model = run.backend, run.model
 
     def make_loss(rng):
         backend.set_training(model, True)
         chosen = [train_pairs[i] for i in rng.integers(0, len(train_pairs), settings.batch_size)]
-        inputs, targets = sft_batch(chosen, run.tokenizer, run.config.context_length)
-        answer_mask = targets != IGNORE
-        weights = answer_mask / answer_mask.sum()  # mean over the global batch's answer tokens
+        inputs, targets, weights = sft_windows(chosen, run.tokenizer, run.config.context_length, rng, answer_chars)
         mine = backend.share(len(inputs))
         return backend.weighted_nll(backend.forward(model, inputs[mine]), targets[mine], weights[mine]), {}
 

@@ -521,3 +521,26 @@ def test_resuming_a_run_saved_before_a_setting_existed_compares_with_what_that_r
     with pytest.raises(RunFolderError, match=r"rl_split_duplicates=True \(run: False\)"):
         _prepare_folder(folder, settings_for("quick", resume=True))
     _prepare_folder(folder, settings_for("quick", resume=True, rl_split_duplicates=False))  # what it did: resumes
+
+
+WIKITEXT_DIR = ROOT.parent / "shared" / "data" / "wikitext-2-raw"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (WIKITEXT_DIR / "valid.txt").exists(), reason=f"WikiText split files not found at {WIKITEXT_DIR}")
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_the_seed_preset_on_wikitext_local_files_runs_every_stage_and_names_its_data(tmp_path, backend):
+    """--data wikitext through the local split files (no train split: trains on valid.txt, evaluates on
+    test.txt), cut down to seconds, with the seed's context of 64, which the RL prompt (72) overflows."""
+    settings = settings_for("seed", backend=backend, runs_dir=str(tmp_path), name="run", data="wikitext",
+                            data_dir=str(WIKITEXT_DIR), **{**TINY, "context_length": 64})
+    notices = []
+    summaries, folder = run_pipeline(settings, notify=notices.append)
+    assert list(summaries) == ["pretrain", "sft", "rl"]
+    assert any("training on" in n and "valid.txt" in n and "test.txt" in n for n in notices), notices
+    report = (folder / "report.md").read_text()
+    assert "Pretraining corpus: **wikitext-2-raw (local files)**" in report
+    assert f"- train: {WIKITEXT_DIR / 'valid.txt'}" in report and f"- validation: {WIKITEXT_DIR / 'test.txt'}" in report
+    assert f"validation loss on {WIKITEXT_DIR / 'test.txt'}" in report  # the table says where its figures come from
+    assert "RL prompt (72 characters, context 64): the model sees only the last 64" in report
+    assert json.loads((folder / "rl" / "checkpoint.json").read_text())["complete"]

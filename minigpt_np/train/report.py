@@ -191,7 +191,8 @@ def write_report(folder, context, summaries, metrics):
                 "rl_lr", "weight_decay", "grad_clip", "temperature", "top_k", "rl_samples", "rl_advantage", "reward"):
         lines.append(f"| {key} | {settings[key]} |")
     lines += ["", "## The stages compared", "",
-              "Figures after each stage: validation loss on the corpus, answer-only loss and format rate on "
+              f"Figures after each stage: validation loss on {context['sources'].get('validation', 'the corpus')}, "
+              "answer-only loss and format rate on "
               f"the held-out pairs; on {FINAL_SAMPLES} samples for the RL prompt, the mean reward (the run's "
               "reward and its components, then the original and the guarded reward), how much the answers "
               "read as language (real-word rate, repeat rate, and the readable share: real-word rate >= 0.9 "

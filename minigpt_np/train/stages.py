@@ -304,8 +304,9 @@ def sft(run, settings, train_pairs, held_out_pairs, answer_chars=None):
     the answer tokens only: the instruction is context, not a target. The answer's closing newline is
     a target, so the model learns where an answer ends. Each answer character is trained in the window
     that sampling will show the model when it writes that character (``data.sft_windows``): the last
-    context_length characters before it; answer_chars of each example at random (all when None), weighted
-    so that the loss estimates the mean over every answer character of the batch. The vocabulary is the
+    context_length characters before it. Of the characters that need a window of their own, answer_chars
+    per example are drawn at random (all when None), weighted so that the loss estimates the mean over every
+    answer character of the batch. The vocabulary is the
     pretraining one, so no weight is re-initialised. Evaluation: answer-only loss on the held-out pairs,
     and the share of held-out prompts whose sample is a well-formed answer (format_rate).
     """

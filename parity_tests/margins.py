@@ -60,7 +60,8 @@ class MarginRecorder:
 
         def difference(what, actual, reference, atol, rtol):
             result = original_difference(what, actual, reference, atol, rtol)
-            self.note(f"gradcheck rtol {rtol:g}", result.max_abs / result.bound if result.bound else float(result.max_abs > 0) * np.inf)
+            ratio = result.max_abs / result.bound if result.bound else (np.inf if result.max_abs else 0.0)
+            self.note(f"gradcheck rtol {rtol:g}", ratio)
             return result
 
         helpers.compare, gradcheck.difference = compare, difference

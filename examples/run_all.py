@@ -41,6 +41,16 @@ def build_parser():
     return parser
 
 
+def leave_ranks():
+    """Under torchrun: close this rank's process group while the interpreter is whole. Left open, gloo's
+    threads can abort the process at exit ("terminate called without an active exception"). Called only
+    where every rank stops together; a rank whose partner died just exits."""
+    distributed = sys.modules.get("torch.distributed")  # imported by the torch backend only
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.barrier()  # no rank closes its connections while another still sends on them
+        distributed.destroy_process_group()
+
+
 def main(argv=None):
     args = vars(build_parser().parse_args(argv))
     preset = args.pop("preset") or "seed"
@@ -50,7 +60,9 @@ def main(argv=None):
     try:
         settings = settings_for(preset, **explicit)
         summaries, folder = run_pipeline(settings, notify=print if rank == 0 else lambda message: None)
-    except StageInterrupted as stop:
+        leave_ranks()
+    except StageInterrupted as stop:  # under torchrun every rank stops at the same step: all of them get here
+        leave_ranks()
         tell(f"\n{stop}")
         return 130
     except KeyboardInterrupt:  # before a stage began, or a second Ctrl-C during a save

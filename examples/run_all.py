@@ -1,7 +1,7 @@
 """The whole pipeline in one command: pretraining, SFT and RL, then a report.
 
     python examples/run_all.py --backend torch --preset quick
-    python examples/run_all.py --backend numpy --preset quick --data wikitext --data-dir ../shared/data/wikitext-2-raw
+    python examples/run_all.py --backend numpy --preset quick --data wikitext --data-dir path/to/wikitext-2-raw
 
 Outputs go to runs/<name>/: a checkpoint folder per stage, metrics.jsonl, PNG plots and report.md.
 Ctrl-C saves the current stage; --resume continues it.
@@ -14,10 +14,11 @@ import argparse
 import dataclasses
 import os
 import sys
+import textwrap
 
 from minigpt_np.train.checkpoint import CheckpointWriteError
 from minigpt_np.train.pipeline import PRESETS, PipelineSettings, run_pipeline, settings_for
-from minigpt_np.train.report import stage_problems, summary_rows, text_table
+from minigpt_np.train.report import SHORT_COLUMNS, stage_problems, summary_rows, text_table
 from minigpt_np.train.stages import StageInterrupted, TrainingDiverged
 from minigpt_np.train.validation import OneLineParser
 
@@ -83,11 +84,13 @@ def main(argv=None):
     if rank:
         return 0
     print()
-    print(text_table(summary_rows(summaries)))
+    print(text_table(summary_rows(summaries, SHORT_COLUMNS)))
     problems = stage_problems(summaries)
     if problems:
-        print("\nstages that did not do their job:\n" + "\n".join(f"  {problem}" for problem in problems))
-    print(f"\nreport: {folder / 'report.md'}")
+        print("\nstages that did not do their job:")
+        for problem in problems:
+            print(textwrap.fill(problem, 100, initial_indent="  ", subsequent_indent="    "))
+    print(f"\nfull report: {folder / 'report.md'}")
     return 0
 
 

@@ -105,17 +105,6 @@ def test_model_dropout_is_seeded_and_off_in_eval():
     assert np.array_equal(a(ids).data, without_dropout(ids).data)  # eval mode: dropout is the identity
 
 
-def test_torch_reference_dropout_train_vs_eval_sanity():
-    """The reference really applies dropout in training: otherwise the parity at dropout 0 proves less."""
-    _, torch_model = twin_models(dict(vocab_size=11, d_model=16, n_layers=1, n_heads=2, context_length=8, T=8),
-                                 "float32", dropout=0.5)
-    ids = torch.arange(16).reshape(2, 8) % 11
-    torch.manual_seed(0)
-    assert not torch.equal(torch_model(ids), torch_model(ids))
-    torch_model.eval()
-    assert torch.equal(torch_model(ids), torch_model(ids))
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fifty_backend_steps_with_the_torch_backends_fused_adamw(dtype):
     """The stages' own training step, backend against backend: create_model, create_optimizer (torch's

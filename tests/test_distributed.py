@@ -28,15 +28,15 @@ import torch.distributed as dist  # noqa: E402
 
 from minigpt_np.train.checkpoint import load_checkpoint  # noqa: E402
 
+from .conftest import ROOT, TINY, flags, records  # noqa: E402
+
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="this PyTorch build has no gloo backend for torch.distributed")
 
-ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("pretrain", "sft", "rl")
-TINY = ["--backend", "torch", "--preset", "quick", "--d-model", "16", "--n-heads", "2", "--context-length", "32",
-        "--batch-size", "4", "--pretrain-steps", "6", "--pretrain-eval-every", "3", "--sft-steps", "4",
-        "--sft-eval-every", "2", "--rl-steps", "3", "--rl-eval-every", "2", "--rl-samples", "4",
-        "--max-new-tokens", "12", "--eval-windows", "6", "--no-progress", "--dropout", "0"]
+TINY_FLAGS = ["--backend", "torch", "--preset", "quick",
+              *flags({**TINY, "pretrain_steps": 6, "pretrain_eval_every": 3, "rl_steps": 3, "rl_samples": 4,
+                      "eval_windows": 6, "dropout": 0.0})]
 TIMING = {"step_seconds", "wall_time"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # what torchrun gives each rank: the one process gets it too
 
@@ -44,7 +44,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # what torchrun gives each rank: t
 def command(runs_dir, name, *extra, ranks=1):
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
                 if ranks > 1 else [sys.executable])
-    return [*launcher, str(ROOT / "examples" / "run_all.py"), *TINY, "--runs-dir", str(runs_dir), "--name", name,
+    return [*launcher, str(ROOT / "examples" / "run_all.py"), *TINY_FLAGS, "--runs-dir", str(runs_dir), "--name", name,
             *extra]
 
 
@@ -55,14 +55,9 @@ def run(runs_dir, name, *extra, ranks=1):
     return Path(runs_dir) / name
 
 
-def records(folder, name="metrics.jsonl"):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-            for line in (folder / name).read_text().splitlines()]
-
-
 def largest_differences(folder, reference, name="metrics.jsonl"):
     """{figure: largest abs difference}; the records must match one to one, and their texts exactly."""
-    ours, theirs = records(folder, name), records(reference, name)
+    ours, theirs = records(folder, name, TIMING), records(reference, name, TIMING)
     assert len(ours) == len(theirs)
     largest = {}
     for mine, other in zip(ours, theirs):
@@ -144,7 +139,7 @@ def test_two_ranks_log_and_learn_what_one_process_does(tmp_path, float64_runs, d
 def test_dropout_masks_per_rank_make_a_two_rank_run_reproducible(tmp_path):
     first = run(tmp_path, "first", "--dropout", "0.1", ranks=2)
     again = run(tmp_path, "again", "--dropout", "0.1", ranks=2)
-    assert records(first) == records(again)
+    assert records(first, without=TIMING) == records(again, without=TIMING)
     assert same_weights(first, again)
 
 
@@ -175,7 +170,7 @@ def test_ctrl_c_under_torchrun_saves_and_two_ranks_resume_to_the_unbroken_result
     assert code != 0 and ": stopped at step " in stderr, stderr[-2000:]
     assert stopped_stage(tmp_path / "two") in stderr  # one stage stopped, with its checkpoint, on both ranks
     resumed = run(tmp_path, "two", *FLOAT64, "--checkpoint-every", "1", "--resume", ranks=2)
-    assert records(resumed) == records(unbroken)  # the same run, to the bit
+    assert records(resumed, without=TIMING) == records(unbroken, without=TIMING)  # the same run, to the bit
     assert same_weights(resumed, unbroken)
 
 
@@ -249,7 +244,7 @@ def test_compile_runs_the_training_steps_through_torch_compile_and_learns_what_e
     eager = run(tmp_path, "eager", "--dtype", "float64")
     compiled = run(tmp_path, "compiled", "--dtype", "float64", "--compile")
     figures = largest_differences(compiled, eager)
-    print(f"\n--compile vs eager, float64: " + ", ".join(f"{k} {v:.1e}" for k, v in sorted(
+    print("\n--compile vs eager, float64: " + ", ".join(f"{k} {v:.1e}" for k, v in sorted(
         figures.items(), key=lambda kv: -kv[1])[:4]))
     assert max(figures.values()) <= 1e-10, figures
     assert max(weight_differences(compiled, eager).values()) <= 1e-10

@@ -19,14 +19,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from minigpt_np.train.checkpoint import CheckpointWriteError, load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT, TINY, flags
+
 
 SAVE_TWICE = r"""
 import os, signal, sys
@@ -114,15 +114,12 @@ def test_a_full_disk_during_a_save_names_the_file_and_keeps_the_previous_checkpo
 
 
 # ---------------------------------------------------------------------------- the pipeline, killed
-TINY = ["--preset", "quick", "--d-model", "16", "--n-heads", "2", "--context-length", "32", "--batch-size", "4",
-        "--pretrain-steps", "8", "--pretrain-eval-every", "4", "--sft-steps", "4", "--sft-eval-every", "2",
-        "--rl-steps", "3", "--rl-eval-every", "2", "--rl-samples", "2", "--max-new-tokens", "12",
-        "--eval-windows", "4", "--no-progress", "--checkpoint-every", "1"]
+TINY_FLAGS = ["--preset", "quick", *flags({**TINY, "rl_steps": 3, "checkpoint_every": 1})]
 TIMING = {"step_seconds"}
 
 
 def run_all(backend, runs_dir, name, *extra):
-    return [sys.executable, str(ROOT / "examples" / "run_all.py"), "--backend", backend, *TINY,
+    return [sys.executable, str(ROOT / "examples" / "run_all.py"), "--backend", backend, *TINY_FLAGS,
             "--runs-dir", str(runs_dir), "--name", name, *extra]
 
 

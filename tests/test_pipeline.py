@@ -1,11 +1,9 @@
 """The pipeline end to end (cut down to seconds), resume, Ctrl-C, NaN, and one-line errors."""
 import contextlib
-import importlib.util
 import json
 import math
 import os
 import signal
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,62 +16,72 @@ from minigpt_np.train.readability import answer_figures
 from minigpt_np.train.rewards import guarded_reward, original_reward
 from minigpt_np.train.stages import StageInterrupted, TrainingDiverged
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(d_model=16, n_heads=2, context_length=32, batch_size=4, pretrain_steps=8, pretrain_eval_every=4,
-            sft_steps=4, sft_eval_every=2, rl_steps=2, rl_eval_every=2, rl_samples=2, max_new_tokens=12,
-            eval_windows=4, progress=False)
-
-
-def load_cli(script="run_all"):
-    spec = importlib.util.spec_from_file_location(script, ROOT / "examples" / f"{script}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def records(folder, name="metrics.jsonl"):
-    return [json.loads(line) for line in (folder / name).read_text().splitlines()]
-
+from .conftest import TINY, WIKITEXT_DIR, flags, load_cli, records
 
 def losses(folder):
     return [(r["stage"], r["step"], r["train_loss"]) for r in records(folder) if "train_loss" in r]
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
-def test_quick_preset_end_to_end(tmp_path, backend):
-    settings = settings_for("quick", backend=backend, runs_dir=str(tmp_path), name="run",
-                            **{**TINY, "pretrain_steps": 30, "pretrain_lr": 1e-2, "sft_steps": 10})
-    summaries, folder = run_pipeline(settings, notify=lambda message: None)
+@pytest.fixture(scope="module", params=["numpy", "torch"])
+def quick_run(request, tmp_path_factory):
+    """The quick preset, cut down, run once per backend for the end-to-end tests: (summaries, folder)."""
+    settings = settings_for("quick", backend=request.param, runs_dir=str(tmp_path_factory.mktemp(request.param)),
+                            name="run", **{**TINY, "pretrain_steps": 30, "pretrain_lr": 1e-2, "sft_steps": 10})
+    return run_pipeline(settings, notify=lambda message: None)
+
+
+def test_every_stage_leaves_a_complete_checkpoint_with_its_figures(quick_run):
+    summaries, folder = quick_run
     assert list(summaries) == ["pretrain", "sft", "rl"]
     for stage in summaries:
         assert load_checkpoint(folder / stage).weights_path.stat().st_size > 0
         meta = json.loads((folder / stage / "checkpoint.json").read_text())
         assert meta["complete"] and meta["stage"] == stage and meta["vocabulary"]
         assert {"val_loss", "val_bpc", "answer_loss", "format_rate", "reward_mean"} <= set(meta["metrics"])
+
+
+def test_the_report_and_its_plots_are_written(quick_run):
+    _, folder = quick_run
     for plot in ("pretrain_loss.png", "sft_loss.png", "rl_reward.png"):
         assert (folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (folder / "report.md").read_text()
     assert "| pretrain | 30 |" in report and "| rl | 2 |" in report and "![" in report
     assert "after sft" in report and "embedded" in report
+    assert "the 10 best and the 10 worst" in report and "| readable |" in report
+
+
+def test_pretraining_learns(quick_run):
+    _, folder = quick_run
     pretrain = [loss for stage, _, loss in losses(folder) if stage == "pretrain"]
     assert pretrain[-1] < pretrain[0] - 0.5, pretrain
-    # every RL answer of the last steps (here both) and the final policy's 64, each with its scores
+
+
+def test_rl_keeps_every_answer_of_the_last_steps_and_the_final_policys_with_their_scores(quick_run):
+    _, folder = quick_run
     kept = records(folder / "rl", "samples.jsonl")
     assert [(r["step"], r.get("final", False)) for r in kept] == [(1, False)] * 2 + [(2, False)] * 2 + [(2, True)] * 64
-    answers = {r["answer"] for r in kept}
     for record in kept:
         assert record["reward"] == sum(guarded_reward(record["answer"]).values())  # the default reward
         assert record["components"] == guarded_reward(record["answer"])
         assert {k: record[k] for k in ("real_word_rate", "repeat_rate", "readable")} == answer_figures(record["answer"])
         assert record["prompt"] == "Give a creative tagline for coffee before practice." and record["stage"] == "rl"
-    final = [r for r in kept if r.get("final")]
+    assert len({r["answer"] for r in kept}) > 1
+
+
+def test_the_rl_summary_is_computed_from_the_final_answers(quick_run):
+    summaries, folder = quick_run
+    final = [r for r in records(folder / "rl", "samples.jsonl") if r.get("final")]
     rl_summary = summaries["rl"]["metrics"]
     assert rl_summary["readable_frac"] == np.mean([r["readable"] for r in final])
     assert rl_summary["guarded_reward_mean"] == np.mean([r["reward"] for r in final]) == rl_summary["reward_mean"]
     assert rl_summary["original_reward_mean"] == np.mean([sum(original_reward(r["answer"]).values()) for r in final])
-    assert rl_summary["unique_frac"] == len({r["answer"] for r in final}) / 64 and len(answers) > 1
-    assert "the 10 best and the 10 worst" in report and "| readable |" in report
+    assert rl_summary["unique_frac"] == len({r["answer"] for r in final}) / 64
+
+
+def test_every_logged_record_names_its_stage_and_step_and_rl_steps_log_readability(quick_run):
+    _, folder = quick_run
     step_records = [r for r in records(folder) if r["stage"] == "rl" and not r.get("summary") and "reward_mean" in r]
+    assert step_records
     assert all({"real_word_rate", "repeat_rate", "readable_frac", "guarded_reward_mean"} <= set(r) for r in step_records)
     assert all(r["stage"] in ("pretrain", "sft", "rl") and isinstance(r["step"], int) for r in records(folder))
 
@@ -340,9 +348,11 @@ def test_plain_kernels_run_the_pipeline_and_their_checkpoint_samples_with_the_fa
     runs = {}
     for kernels in ("plain", "fast"):
         assert load_cli().main(["--backend", "numpy", "--preset", "quick", "--kernels", kernels, "--runs-dir",
-                                str(tmp_path), "--name", kernels, "--no-progress"]
-                               + [f"--{k.replace('_', '-')}={v}" for k, v in tiny.items() if k != "progress"]) == 0
+                                str(tmp_path), "--name", kernels, *flags(tiny)]) == 0
         runs[kernels] = losses(tmp_path / kernels)
+        printed = capsys.readouterr().out.replace(str(tmp_path), "RUNS").splitlines()  # a path is as long as it is
+        assert max(len(line) for line in printed) <= 100, printed  # fits a terminal of 100 columns
+        assert any(line.split()[:2] == ["rl", "1"] for line in printed) and printed[-1].startswith("full report: ")
     assert [r[:2] for r in runs["plain"]] == [r[:2] for r in runs["fast"]]
     np.testing.assert_allclose([r[2] for r in runs["plain"]], [r[2] for r in runs["fast"]], rtol=0, atol=1e-10)
     capsys.readouterr()
@@ -523,11 +533,8 @@ def test_resuming_a_run_saved_before_a_setting_existed_compares_with_what_that_r
     _prepare_folder(folder, settings_for("quick", resume=True, rl_split_duplicates=False))  # what it did: resumes
 
 
-WIKITEXT_DIR = ROOT.parent / "shared" / "data" / "wikitext-2-raw"
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not (WIKITEXT_DIR / "valid.txt").exists(), reason=f"WikiText split files not found at {WIKITEXT_DIR}")
+@pytest.mark.skipif(not (WIKITEXT_DIR / "valid.txt").exists(), reason=f"WikiText split files not found at {WIKITEXT_DIR} (set MINIGPT_WIKITEXT_DIR)")
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_the_seed_preset_on_wikitext_local_files_runs_every_stage_and_names_its_data(tmp_path, backend):
     """--data wikitext through the local split files (no train split: trains on valid.txt, evaluates on

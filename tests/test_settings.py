@@ -7,9 +7,7 @@ each with the line it now gets, and bad files.
 """
 import contextlib
 import dataclasses
-import importlib.util
 import io
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +19,8 @@ from hypothesis import strategies as st
 
 from minigpt_np.train.pipeline import PipelineSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import TINY, flags, load_cli
+
 BAD_VALUES = ["-1", "-5", "nan", "inf", "-inf", "1e300", str(10**30), "0"]
 # Settings for which 0 is a valid value (the test's own list, not the code's ranges).
 ZERO_IS_VALID = {"checkpoint_every", "dropout", "weight_decay", "rl_kl_coef", "rl_entropy_coef",
@@ -36,13 +35,6 @@ NUMERIC = {
     "bench_ranks": ["ranks", "batches", "threads", "steps", "warmup", "rl_steps", "rounds"],
 }
 POSITIONAL = {"sample": ["runs/x/sft"], "compare_rl": ["runs/x/sft"], "run_all": [], "bench": [], "bench_ranks": []}
-
-
-def load_cli(script):
-    spec = importlib.util.spec_from_file_location(script, ROOT / "examples" / f"{script}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 CLIS = {script: load_cli(script) for script in NUMERIC}
@@ -141,9 +133,9 @@ def test_a_runs_dir_that_is_a_file_is_refused(tmp_path):
     assert code == 2 and err.strip() == f"error: --runs-dir: {tmp_path / 'runs'} is a file, not a folder"
 
 
-TINY = ["--preset", "quick", "--pretrain-steps", "1", "--sft-steps", "1", "--rl-steps", "1", "--rl-samples", "2",
-        "--d-model", "16", "--n-heads", "2", "--context-length", "16", "--batch-size", "2", "--eval-windows", "2",
-        "--max-new-tokens", "4", "--no-progress", "--backend", "numpy"]
+TINY_FLAGS = ["--preset", "quick", "--backend", "numpy",
+              *flags({**TINY, "pretrain_steps": 1, "sft_steps": 1, "rl_steps": 1, "context_length": 16, "batch_size": 2,
+                      "eval_windows": 2, "max_new_tokens": 4})]
 
 
 @pytest.mark.parametrize("content, message", [
@@ -156,7 +148,7 @@ def test_bad_corpus_files_are_named(tmp_path, content, message):
     bad.write_bytes(content)
     good = tmp_path / "valid.txt"
     good.write_text("a line of plain text for the validation split\n" * 20)
-    code, err = run("run_all", [*TINY, "--data", "wikitext", "--train-file", str(bad), "--validation-file", str(good),
+    code, err = run("run_all", [*TINY_FLAGS, "--data", "wikitext", "--train-file", str(bad), "--validation-file", str(good),
                                 "--runs-dir", str(tmp_path / "runs")], refuse_work=False)
     assert code == 2 and err.strip() == f"error: the train file {bad} {message}", err
 
@@ -172,7 +164,7 @@ def test_bad_corpus_files_are_named(tmp_path, content, message):
 def test_bad_sft_files_are_named(tmp_path, content, message):
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
-    code, err = run("run_all", [*TINY, "--data", "embedded", "--sft-file", str(path), "--runs-dir",
+    code, err = run("run_all", [*TINY_FLAGS, "--data", "embedded", "--sft-file", str(path), "--runs-dir",
                                 str(tmp_path / "runs")], refuse_work=False)
     assert code == 2 and err.strip() == "error: " + message.format(path=path), err
 

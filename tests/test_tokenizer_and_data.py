@@ -1,7 +1,6 @@
 """Vocabulary, corpora, windows and instruction pairs."""
 import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +10,10 @@ from minigpt_np.train import data
 from minigpt_np.train.data import DataError
 from minigpt_np.train.tokenizer import UNKNOWN, CharTokenizer
 
-WIKITEXT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2-raw"
+from .conftest import WIKITEXT_DIR
+
 needs_wikitext = pytest.mark.skipif(not (WIKITEXT_DIR / "valid.txt").exists(),
-                                    reason=f"WikiText split files not found at {WIKITEXT_DIR}")
+                                    reason=f"WikiText split files not found at {WIKITEXT_DIR} (set MINIGPT_WIKITEXT_DIR)")
 
 
 def test_tokenizer_round_trip_and_unknown_characters():

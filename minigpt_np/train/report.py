@@ -18,6 +18,13 @@ COLUMNS = (
     ("held-out reward", "metrics.heldout_reward_mean"), ("log p(degenerate)/char", "metrics.degenerate_logprob"),
 )
 
+# The few figures per stage that tell whether it did its job: the table run_all.py prints (within 100 columns).
+SHORT_COLUMNS = (
+    ("steps", "step"), ("time (s)", "wall_time"), ("val loss", "metrics.val_loss"),
+    ("format rate", "metrics.format_rate"), ("reward", "metrics.reward_mean"),
+    ("original reward", "metrics.original_reward_mean"), ("readable", "metrics.readable_frac"),
+    ("unique", "metrics.unique_frac"),
+)
 
 def _lookup(summary, path):
     value = summary
@@ -28,9 +35,11 @@ def _lookup(summary, path):
     return value
 
 
-def _format(value):
+def _format(value, path=""):
     if value is None:
         return "–"
+    if path == "wall_time":
+        return f"{value:.0f}"
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float) and not math.isfinite(value):
@@ -38,11 +47,11 @@ def _format(value):
     return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
 
 
-def summary_rows(summaries):
-    """[header, row per finished stage] of the comparison table, as strings."""
-    rows = [["stage"] + [title for title, _ in COLUMNS]]
+def summary_rows(summaries, columns=COLUMNS):
+    """[header, row per finished stage] of the comparison table (all of COLUMNS, or the given ones), as strings."""
+    rows = [["stage"] + [title for title, _ in columns]]
     for stage, summary in summaries.items():
-        rows.append([stage] + [_format(_lookup(summary, path)) for _, path in COLUMNS])
+        rows.append([stage] + [_format(_lookup(summary, path), path) for _, path in columns])
     return rows
 
 

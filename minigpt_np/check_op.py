@@ -27,7 +27,7 @@ import numpy as np
 from . import functional as plain
 from .gradcheck import compare_twins, gradcheck
 
-# Against the plain op: DESIGN.md's float64 tolerance for gradients, abs 1e-10 + 1e-8 * max|plain|.
+# Against the plain op: the parity contract's float64 tolerance for gradients (docs/parity.md), abs 1e-10 + 1e-8 * max|plain|.
 TWIN_TOLERANCE = dict(atol=1e-10, rtol=1e-8)
 
 
@@ -122,8 +122,9 @@ def load_function(spec):
 
 
 def check(op, candidate, seed=0, out=sys.stdout):
-    """Run both checks of ``op`` on ``candidate`` over the op's cases. Returns the names of the wrong
-    parts ("output", "d/d x", ...), empty when all passed."""
+    """Run both checks of ``op`` on ``candidate`` over the op's cases. Returns {wrong part: the number of
+    cases it was wrong in}, the parts being "output", "d/d x", ... and "runs" (the op raised); empty when
+    all passed."""
     reference = getattr(plain, op)
     wrong = {}  # what -> the number of cases where it was wrong
     rng = np.random.default_rng(seed)
@@ -152,7 +153,7 @@ def verdict(op, wrong, cases):
         return [f"all checks passed: your {op} agrees with finite differences and with the plain {op}"]
     lines = []
     if "runs" in wrong:
-        lines.append(f"your {op} raised an error in {wrong.pop('runs')} of {cases} cases (see above)")
+        lines.append(f"your {op} raised an error in {wrong['runs']} of {cases} cases (see above)")
     gradients = sorted(what[len("d/d "):] for what in wrong if what.startswith("d/d "))
     for name in gradients:
         lines.append(f"wrong gradient: d/d {name} (the gradient your backward returns for input {name!r}; "

@@ -1,10 +1,10 @@
 """Fast twins of the plain ops in ``functional.py``: the same numbers, fewer passes over memory.
 
 Every op here has the signature of its plain twin and says which it is, what trick it uses and
-what it saves: ms of the default training step (batch 32, context 64, d 128, float32; about 90-110 ms
-all fast on this project's 2-core CPU), the range of two runs of ``python examples/bench.py --ablate``,
-which times the fast model against the same model with that one op plain, step by step. ``tests/test_kernels.py`` proves each equal to its plain twin
-in float64 (values and every input gradient); the parity tests prove both equal to torch.
+where its time goes. What each saves on your machine: ``python examples/bench.py --ablate`` times the
+fast model against the same model with that one op plain, step by step (figures in ``docs/speed.md``).
+``tests/test_kernels.py`` proves each equal to its plain twin in float64 (values and every input
+gradient); the parity tests prove both equal to torch.
 
 The model calls six ops (``nn.KERNEL_OPS``); ``linear`` has no twin and is the plain op itself,
 imported below: one matrix product per layer is already the whole work. The loss (log-softmax,
@@ -32,7 +32,7 @@ def sums_over_last_axis(*arrays):
 def embedding(ids, weight):
     """Twin of ``functional.embedding``. Trick: the backward's scatter-add ``np.add.at`` (which
     visits the rows one at a time) becomes a sort of the positions by id and one ``np.add.reduceat``
-    that sums each run of equal ids at once. Saves 1.6-3.2 ms of a step (2-3%)."""
+    that sums each run of equal ids at once."""
     ids = np.asarray(ids)
     w = weight.data
 
@@ -52,8 +52,7 @@ def embedding(ids, weight):
 def layer_norm(x, weight, bias, eps=1e-5):
     """Twin of ``functional.layer_norm``. Trick: the row sums as einsum passes (``sums_over_last_axis``)
     and xhat and d x built in place, so fewer arrays are made. The backward gathers the plain form's
-    r * (term1 - term2 - term3) in one array: grad_x = term3, += term2, = term1 - grad_x, *= r.
-    Saves 1.8-2.5 ms of a step (2-3%)."""
+    r * (term1 - term2 - term3) in one array: grad_x = term3, += term2, = term1 - grad_x, *= r."""
     a = x.data
     C = a.shape[-1]
     xhat = a - a.mean(axis=-1, keepdims=True)  # x - mu, made xhat in place below
@@ -92,7 +91,7 @@ def attention(qkv, n_heads, causal=True, dropout_p=0.0, training=False, rng=None
     the causal mask added as a -inf/0 array and the softmax done in place in the scores; the output
     written by matmul straight into its merged-heads layout (no transpose copy); the backward's
     gradients of q, k and v written straight into their slots of the packed (B, T, 3C) gradient
-    (no stack); the softmax backward's row sums as einsum passes. Saves 4.5-6.7 ms of a step (4-8%)."""
+    (no stack); the softmax backward's row sums as einsum passes."""
     B, T, C3 = qkv.shape
     C = C3 // 3
     D = C // n_heads
@@ -236,7 +235,7 @@ def _gelu_backward(grad, a, cdf, grad_a):
 def gelu(x):
     """Twin of ``functional.gelu``. Tricks: Phi from the table of ``normal_cdf`` instead of the plain
     erf; forward and backward as in-place passes over cache-sized pieces (``in_pieces``); without a
-    graph (sampling, evaluation) no Phi array is kept. Saves 190-225 ms of a step: the plain erf's
+    graph (sampling, evaluation) no Phi array is kept. The largest saving of all: the plain erf's
     series runs 32 passes over every number, and GELU sees 4 x 128 numbers per position in each layer."""
     a = x.data
     if not (is_grad_enabled() and x.requires_grad):  # no backward will come
@@ -253,7 +252,7 @@ def dropout_mask(shape, p, rng, dtype):
     """Twin of ``functional.dropout_mask`` (it draws other masks from the same generator). Trick:
     16-bit integer uniforms, the generator's raw 64-bit words cut in four, and the keep test and the
     scaling in one pass. Each entry is kept where u >= round(p * 65536): p is taken in steps of 2^-16
-    (0.1 drops with probability 0.100006). Saves 8-12 ms of a step (9-11%)."""
+    (0.1 drops with probability 0.100006)."""
     n = math.prod(shape)
     words = rng.bit_generator.random_raw(-(-n // 4))  # ceil(n / 4) uniform 64-bit words
     uniforms = words.view(np.uint16)[:n].reshape(shape)

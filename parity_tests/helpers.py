@@ -1,4 +1,4 @@
-"""Shared tools of the parity tests: the tolerances of DESIGN.md and comparisons that explain themselves.
+"""Shared tools of the parity tests: the tolerances of the parity contract (docs/parity.md) and comparisons that explain themselves.
 
 Every comparison is by name and reports, for each tensor, the max abs diff, the max rel diff and
 the tolerance used. References are always computed by torch in the same test run.
@@ -29,7 +29,7 @@ class Tolerance:
         return f"abs<={self.atol:g}+{self.rtol:g}*{ref}"
 
 
-# The parity contract of DESIGN.md, one row per kind of quantity.
+# The parity contract (docs/parity.md), one row per kind of quantity.
 CONTRACT = {
     "float64": {
         "value": Tolerance(1e-10),  # logits, loss (dropout 0)

@@ -22,3 +22,14 @@ def test_the_walkthrough_names_functions_that_exist():
     for module, name in set(re.findall(r"`(functional|fast|optim|autograd)\.(\w+)", text)):
         if name != "py":  # the file itself, as in `fast.py`
             assert hasattr(importlib.import_module(f"minigpt_np.{module}"), name), f"{module}.{name}"
+
+
+def test_every_link_and_every_file_named_in_the_readme_and_the_docs_exists():
+    root = DOCS.parent
+    for page in [root / "README.md", *sorted(DOCS.glob("*.md"))]:
+        text = page.read_text()
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+            if not target.startswith("http"):
+                assert (page.parent / target).exists(), f"{page.name}: link to {target}, which is not there"
+        for path in re.findall(r"`((?:minigpt_np|minigpt_torch|examples|docs|tests|parity_tests)/[\w./-]+)`", text):
+            assert (root / path.split("::")[0]).exists(), f"{page.name}: names {path}, which is not there"

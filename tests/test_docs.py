@@ -3,25 +3,33 @@ and every code block must be one that runs."""
 import re
 from pathlib import Path
 
+import pytest
+
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-def test_every_code_block_of_the_walkthrough_is_a_doctest():
-    text = (DOCS / "walkthrough.md").read_text()
+@pytest.mark.parametrize("page, least", [("walkthrough.md", 10), ("methods.md", 6)])
+def test_every_code_block_of_the_walkthrough_is_a_doctest(page, least):
+    text = (DOCS / page).read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) >= 10
+    assert len(blocks) >= least
     for block in blocks:
         assert block.lstrip().startswith(">>> "), f"a code block that would not run:\n{block}"
     assert "```" not in re.sub(r"```python\n.*?```", "", text, flags=re.S), "a code block that is not python"
 
 
-def test_the_walkthrough_names_functions_that_exist():
+@pytest.mark.parametrize("page", ["walkthrough.md", "methods.md"])
+def test_the_walkthrough_names_functions_that_exist(page):
     import importlib
-    text = (DOCS / "walkthrough.md").read_text()
-    for module, name in set(re.findall(r"`(functional|fast|optim|autograd)\.(\w+)", text)):
-        if name != "py":  # the file itself, as in `fast.py`
-            assert hasattr(importlib.import_module(f"minigpt_np.{module}"), name), f"{module}.{name}"
+    text = (DOCS / page).read_text()
+    modules = {name: f"minigpt_np.{name}" for name in ("functional", "fast", "optim", "autograd")}
+    modules.update({name: f"minigpt_np.train.{name}" for name in ("rl", "data", "stages")})
+    found = set(re.findall(r"`(?:train/)?(functional|fast|optim|autograd|rl|data|stages)\.(\w+)", text))
+    assert found
+    for module, name in found:
+        if name not in ("py", "md"):  # a file, as in `fast.py` or `rl.md`
+            assert hasattr(importlib.import_module(modules[module]), name), f"{module}.{name}"
 
 
 def test_every_link_and_every_file_named_in_the_readme_and_the_docs_exists():

@@ -1,18 +1,20 @@
 """The RL stage: REINFORCE on the policy's own samples, with baselines, a KL leash and diagnostics.
 
-One step, in words:
+One step (``reinforce_step``), in words, each part a function:
 
-1. Rollouts. P prompts x G samples, all advanced together by ``sampling.generate`` (one batched
-   forward per generated character), at the run's temperature, top-k and context crop. A sample
-   ends at the end-of-answer newline (which is part of the action) or at max_new_tokens.
-2. Rewards. ``reward(answer)`` returns named components; their sum is the reward r.
-3. Advantages A (``advantages``), optionally after subtracting from r a KL penalty and a penalty
+1. Rollouts (``rollout``). P prompts x G samples, all advanced together by ``sampling.generate`` (one
+   batched forward per generated character), at the run's temperature, top-k and context crop. A
+   sample ends at the end-of-answer newline (which is part of the action) or at max_new_tokens.
+2. Rewards (``rewards.score``). ``reward(answer)`` returns named components; their sum is the reward r.
+3. Shaping (``shape_rewards``) and advantages A (``group_advantages``, each estimator in
+   ``advantages``), optionally after subtracting from r a KL penalty and a penalty
    for an answer cut off at max_new_tokens (``missing_stop_penalty``: the reward itself can score a
    cut-off answer well, and without it a policy can learn never to finish; the logged reward is r),
    and after splitting the reward of an answer given k times in its group k ways (``split_duplicates``:
    a policy that says one best answer again and again stops being paid for each copy).
-4. Loss, with the log-probabilities recomputed for exactly the contexts that were sampled
-   (``policy_windows``) under the same distribution (temperature, top-k truncation, crop):
+4. Loss (``accumulate_policy_gradient``, with ``token_weights``), with the log-probabilities
+   recomputed for exactly the contexts that were sampled (``policy_windows``) under the same
+   distribution (temperature, top-k truncation, crop):
 
        loss = -(1/N) sum_i A_i * agg_t log p(a_it | c_it)                  policy gradient
               + beta * (1/T) sum_it KL(pi(.|c_it) || pi_sft(.|c_it))       if kl_mode == "loss"
@@ -22,6 +24,7 @@ One step, in words:
    ("sequence_sum") or their mean ("sequence_mean"). With sequence_sum a longer answer carries
    more terms, so its advantage moves more log-probability: a length bias worth knowing, since
    the original reward has a length term. sequence_mean removes it.
+5. Metrics (``step_metrics``): reward, KL, entropy and the samples' figures, of the whole rollout.
 
 The windows are processed in pieces of at most ``windows_per_pass`` (``accumulate_policy_gradient``):
 each piece's part of the loss is back-propagated at once and the gradients add up, so the memory is
@@ -236,16 +239,136 @@ def answer_log_prob(run, prompt, answer):
     return total / count
 
 
+# ---------------------------------------------------------------------------- one step, function by function
+@dataclass
+class Rollout:
+    """One step's samples. Every rank holds all N answers (so a group's baseline sees the whole group);
+    the token ids and windows are those of this rank's samples (``rows`` of the N), which it learns from."""
+    instructions: list  # (N,) the instruction each sample answers
+    answers: list  # (N,) the decoded answers, without the stop newline
+    lengths: np.ndarray  # (N,) sampled tokens per answer (the stop newline included)
+    finished: np.ndarray  # (N,) True where the answer ended with the newline
+    windows: list  # ``policy_windows`` pieces of this rank's samples: (ids, targets, sample index)
+    rows: slice  # this rank's samples among the N
+
+
+def rollout(run, instructions, G, rng, windows_per_pass):
+    """Step 1: G answers to each instruction, all advanced together (``sampling.generate``), at the
+    run's temperature, top-k and context crop, and the windows the sampler showed the model."""
+    backend, sampling, T = run.backend, run.sampling, run.config.context_length
+    prompt_ids = [run.tokenizer.encode(format_prompt(instruction)) for instruction in instructions]
+    rows = backend.share(len(instructions) * G)  # under torchrun: this rank's samples; else all
+    generated, lengths, finished = generate(run.predict, prompt_ids, G, sampling.max_new_tokens, T,
+                                            sampling.temperature, sampling.top_k, rng, run.stop_id, rows=rows)
+    generated, lengths, finished = generated[rows], lengths[rows], finished[rows]
+    answers, all_lengths, all_finished = map(list, zip(*backend.all_gather(  # every rank gets every answer
+        (run.tokenizer.decode(row[: n - int(done)]), int(n), bool(done))
+        for row, n, done in zip(generated, lengths, finished))))
+    sample_prompts = [ids for ids in prompt_ids for _ in range(G)]
+    windows = policy_windows(sample_prompts[rows], generated, lengths, T, windows_per_pass)
+    return Rollout([instruction for instruction in instructions for _ in range(G)], answers,
+                   np.array(all_lengths), np.array(all_finished), windows, rows)
+
+
+def answer_kl(run, rollout, reference_logits):
+    """Each answer's KL to the reference, summed over its tokens, before the update (kl_mode "reward")."""
+    kl_sum = np.zeros(len(rollout.answers))
+    for (ids, targets, index), reference_part in zip(rollout.windows, reference_logits):
+        counted = targets != IGNORE
+        kl, _ = kl_and_entropy(run.predict(ids, targets.shape[1])[counted], reference_part[counted])
+        np.add.at(kl_sum, rollout.rows.start + np.broadcast_to(index[:, None], targets.shape)[counted], kl)
+    return run.backend.all_sum(kl_sum)
+
+
+def shape_rewards(rewards, rollout, G, settings, kl_per_answer=None):
+    """Step 3: the reward each answer trains on. An answer given k times in its group gets r / k
+    (split_duplicates); one cut off at max_new_tokens loses missing_stop_penalty; with kl_mode "reward",
+    each answer loses kl_coef x its KL to the reference."""
+    shaped = rewards
+    if settings.split_duplicates:
+        shaped = np.concatenate([split_among_duplicates(rewards[g:g + G], rollout.answers[g:g + G])
+                                 for g in range(0, len(rewards), G)])
+    shaped = shaped - settings.missing_stop_penalty * ~rollout.finished
+    if kl_per_answer is not None:
+        shaped = shaped - settings.kl_coef * kl_per_answer
+    return shaped
+
+
+def group_advantages(shaped, G, method, baseline):
+    """Step 3: each group's advantages (``advantages``), the groups one after the other."""
+    return np.concatenate([advantages(shaped[g:g + G], method, baseline) for g in range(0, len(shaped), G)])
+
+
+def moving_average(state, shaped, decay):
+    """The moving-average baseline after a step: b <- decay * b + (1 - decay) * mean(r), starting at the
+    first step's mean."""
+    decay = decay if state["baseline_steps"] else 0.0
+    return {**state, "baseline": decay * state["baseline"] + (1 - decay) * float(shaped.mean()),
+            "baseline_steps": state["baseline_steps"] + 1}
+
+
+def token_weights(advantage, lengths, aggregation):
+    """The policy-gradient weight of every sampled token of each answer: A_i / N (sequence_sum), also
+    divided by the answer's length for sequence_mean."""
+    per_token = advantage / len(advantage)
+    if aggregation == "sequence_mean":
+        per_token = per_token / np.maximum(lengths, 1)
+    return per_token
+
+
+def step_metrics(rewards, components, G, rollout, token_kl, token_entropy, token_sample, loss_value, backend):
+    """Step 5: what the step logs: the reward and its components, the share of groups with no signal,
+    KL and entropy of the whole rollout (per character and per answer), and the samples' figures."""
+    N, n_tokens = len(rewards), int(rollout.lengths.sum())
+    sample_kl, sample_entropy = np.zeros(N), np.zeros(N)  # each sample's, summed over its tokens; ranks added
+    sample_kl[rollout.rows] = np.bincount(token_sample, token_kl, minlength=rollout.rows.stop - rollout.rows.start)
+    sample_entropy[rollout.rows] = np.bincount(token_sample, token_entropy,
+                                               minlength=rollout.rows.stop - rollout.rows.start)
+    sample_kl, sample_entropy = backend.all_sum([sample_kl, sample_entropy])
+    return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+            **{f"reward/{name}": float(np.mean(v)) for name, v in components.items()},
+            "zero_std_frac": float(np.mean(rewards.reshape(-1, G).std(axis=1) == 0)),
+            "kl": float(sample_kl.sum() / n_tokens), "entropy": float(sample_entropy.sum() / n_tokens),
+            "kl_per_answer": float(sample_kl.mean()),
+            **sample_figures(rollout.answers, rollout.finished), "policy_loss": float(backend.all_sum(loss_value))}
+
+
+def reinforce_step(run, reference, instructions, reward_fn, settings, state, rng):
+    """One REINFORCE step, in the order of the module docstring; its gradient is added to the model's.
+    Returns (metrics, the records of its answers, the carried state)."""
+    backend, model, sampling = run.backend, run.model, run.sampling
+    G = settings.samples_per_prompt
+    group = rollout(run, instructions, G, rng, settings.windows_per_pass)                       # 1. rollouts
+    rewards, components = score(reward_fn, group.answers)                                        # 2. rewards
+    rewards = np.asarray(rewards)
+    reference_logits = [backend.predict(reference, ids, targets.shape[1]) for ids, targets, _ in group.windows]
+    kl_per_answer = (answer_kl(run, group, reference_logits)
+                     if settings.kl_mode == "reward" and settings.kl_coef else None)
+    shaped = shape_rewards(rewards, group, G, settings, kl_per_answer)                          # 3. shaping
+    advantage = group_advantages(shaped, G, settings.advantage, state["baseline"])               # 3. advantages
+    if settings.advantage == "moving_average":
+        state = moving_average(state, shaped, settings.baseline_decay)
+    n_tokens = int(group.lengths.sum())
+    loss_value, token_kl, token_entropy, token_sample = accumulate_policy_gradient(              # 4. the loss
+        backend, model, group.windows, reference_logits,
+        token_weights(advantage, group.lengths, settings.aggregation)[group.rows], sampling.temperature,
+        sampling.top_k, settings.kl_coef / n_tokens if settings.kl_mode == "loss" else 0.0,
+        settings.entropy_coef / n_tokens)
+    metrics = step_metrics(rewards, components, G, group, token_kl, token_entropy, token_sample,  # 5. metrics
+                           loss_value, backend)
+    return metrics, sample_records(group.instructions, group.answers, group.finished, rewards, components), state
+
+
 # ---------------------------------------------------------------------------- the stage
 def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, reference_weights):
-    """The RL stage (see the module docstring for the algorithm). reference_weights: the frozen SFT
-    policy that the KL is measured against."""
-    backend, model, sampling, T = run.backend, run.model, run.sampling, run.config.context_length
+    """The RL stage: ``reinforce_step`` settings.steps times, from the SFT policy, whose frozen copy
+    (reference_weights) the KL is measured against. Each step draws prompts_per_step of the prompts.
+    The answers of the last KEPT_STEPS steps go to rl/samples.jsonl; every eval_every steps the
+    held-out prompts' reward is measured."""
+    backend, model = run.backend, run.model
     reference = backend.create_model(run.config, run.seed)
     backend.load_state_dict(reference, reference_weights)
     backend.set_training(reference, False)
-    prompt_ids = [run.tokenizer.encode(format_prompt(p)) for p in prompts]
-    G = rl_settings.samples_per_prompt
     # the moving-average baseline and the steps done, saved with checkpoints
     state = {"baseline": 0.0, "baseline_steps": 0, "step": 0}
     run.stage_folder("rl").mkdir(parents=True, exist_ok=True)
@@ -253,77 +376,17 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
 
     def make_loss(rng):
         state["step"] += 1
-        backend.set_training(model, False)
+        backend.set_training(model, False)  # dropout off: the sampled and the optimised policy are one
         chosen = rng.choice(len(prompts), size=rl_settings.prompts_per_step,
                             replace=len(prompts) < rl_settings.prompts_per_step)
-        sample_prompts = [prompt_ids[c] for c in chosen for _ in range(G)]
-        N = len(sample_prompts)
-        mine = backend.share(N)  # the samples this rank draws and learns from (all of them in one process)
-        generated, lengths, finished = generate(run.predict, [prompt_ids[c] for c in chosen], G,
-                                                sampling.max_new_tokens, T, sampling.temperature,
-                                                sampling.top_k, rng, run.stop_id, rows=mine)
-        generated, lengths, finished = generated[mine], lengths[mine], finished[mine]
-        # every rank scores every answer, so the group baselines see the whole group
-        answers, all_lengths, all_finished = map(list, zip(*backend.all_gather(
-            (run.tokenizer.decode(row[: n - int(done)]), int(n), bool(done))
-            for row, n, done in zip(generated, lengths, finished))))
-        all_lengths, all_finished = np.array(all_lengths), np.array(all_finished)
-        rewards, components = score(reward_fn, answers)
-        rewards = np.asarray(rewards)
+        metrics, records, carried = reinforce_step(run, reference, [prompts[c] for c in chosen], reward_fn,
+                                                   rl_settings, state, rng)
+        state.update(carried)
         if state["step"] > settings.steps - KEPT_STEPS:
             # a resumed stage redoes the steps after its checkpoint: their answers from before the stop go first
             samples_log.truncate_after("rl", state["step"] - 1)
-            samples_log.log_many("rl", state["step"], sample_records(
-                [prompts[c] for c in chosen for _ in range(G)], answers, all_finished, rewards, components))
-
-        # This rank's windows of its samples, in pieces (index: the sample's row among this rank's);
-        # the frozen reference scores them first.
-        batches = policy_windows(sample_prompts[mine], generated, lengths, T, rl_settings.windows_per_pass)
-        reference_logits = [backend.predict(reference, ids, targets.shape[1]) for ids, targets, _ in batches]
-
-        shaped = rewards
-        if rl_settings.split_duplicates:
-            shaped = np.concatenate([split_among_duplicates(rewards[g * G:(g + 1) * G], answers[g * G:(g + 1) * G])
-                                     for g in range(len(chosen))])
-        shaped = shaped - rl_settings.missing_stop_penalty * ~all_finished
-        if rl_settings.kl_mode == "reward" and rl_settings.kl_coef:
-            # the penalty needs each answer's KL before the update: score the windows once without a graph
-            sample_kl = np.zeros(N)
-            for (ids, targets, index), reference_part in zip(batches, reference_logits):
-                counted = targets != IGNORE
-                kl, _ = kl_and_entropy(run.predict(ids, targets.shape[1])[counted], reference_part[counted])
-                np.add.at(sample_kl, mine.start + np.broadcast_to(index[:, None], targets.shape)[counted], kl)
-            shaped = shaped - rl_settings.kl_coef * backend.all_sum(sample_kl)
-        advantage = np.concatenate([advantages(shaped[g * G:(g + 1) * G], rl_settings.advantage, state["baseline"])
-                                    for g in range(len(chosen))])
-        if rl_settings.advantage == "moving_average":
-            decay = rl_settings.baseline_decay if state["baseline_steps"] else 0.0  # start at the first mean
-            state["baseline"] = decay * state["baseline"] + (1 - decay) * float(shaped.mean())
-            state["baseline_steps"] += 1
-        per_token = advantage / N  # sequence_sum
-        if rl_settings.aggregation == "sequence_mean":
-            per_token = per_token / np.maximum(all_lengths, 1)
-        n_tokens = int(all_lengths.sum())
-        kl_weight = rl_settings.kl_coef / n_tokens if rl_settings.kl_mode == "loss" else 0.0
-
-        loss_value, token_kl, token_entropy, token_sample = accumulate_policy_gradient(
-            backend, model, batches, reference_logits, per_token[mine], sampling.temperature, sampling.top_k,
-            kl_weight, rl_settings.entropy_coef / n_tokens)
-        # the figures of the whole rollout: each sample's KL and entropy summed over its tokens, per rank, added
-        sample_kl, sample_entropy = np.zeros(N), np.zeros(N)
-        sample_kl[mine] = np.bincount(token_sample, token_kl, minlength=len(lengths))
-        sample_entropy[mine] = np.bincount(token_sample, token_entropy, minlength=len(lengths))
-        sample_kl, sample_entropy = backend.all_sum([sample_kl, sample_entropy])
-        loss_value = float(backend.all_sum(loss_value))
-
-        groups = rewards.reshape(len(chosen), G)
-        figures = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
-                   **{f"reward/{name}": float(np.mean(v)) for name, v in components.items()},
-                   "zero_std_frac": float(np.mean(groups.std(axis=1) == 0)),
-                   "kl": float(sample_kl.sum() / n_tokens), "entropy": float(sample_entropy.sum() / n_tokens),
-                   "kl_per_answer": float(sample_kl.mean()),
-                   **sample_figures(answers, all_finished), "policy_loss": loss_value}
-        return None, figures  # the gradients are accumulated already
+            samples_log.log_many("rl", state["step"], records)
+        return None, metrics  # the gradients are accumulated already
 
     def evaluate():
         backend.set_training(model, False)

@@ -41,7 +41,7 @@ from minigpt_np.train.checkpoint import CheckpointError, load_checkpoint
 from minigpt_np.train.pipeline import RL_INSTRUCTION, backend_for, rl_from_checkpoint, settings_for
 from minigpt_np.train.rewards import REWARDS, score
 from minigpt_np.train.rl import ADVANTAGES, sample_figures
-from minigpt_np.train.stages import Run, SamplingSettings, sample_answers
+from minigpt_np.train.stages import Run, SamplingSettings, sample_answers, stream
 from minigpt_np.train.validation import SEED, OneLineParser, check_values, coefficient, count, positive
 
 RANGES = {"steps": count(1, 10**6), "samples": count(1, 4096), "lr": positive(10.0), "seeds": SEED,
@@ -168,8 +168,9 @@ def best_of_n_baseline(args):
     backend.load_state_dict(model, checkpoint.weights)
     backend.set_training(model, False)
     run = Run(backend, model, checkpoint.config, checkpoint.tokenizer, args.out, None, settings.seed,
-              SamplingSettings(settings.temperature, settings.top_k, settings.max_new_tokens), progress=False)
-    rng = np.random.default_rng([settings.seed, 6_000_011])
+              SamplingSettings(temperature=settings.temperature, top_k=settings.top_k,
+                               max_new_tokens=settings.max_new_tokens), progress=False)
+    rng = stream(settings.seed, "best_of_n")
     started, pool = time.perf_counter(), []
     while len(pool) < args.pool:
         pool += sample_answers(run, RL_INSTRUCTION, min(256, args.pool - len(pool)), rng)

@@ -83,8 +83,9 @@ def run_the_stage(backend, settings, steps, monkeypatch, tmp_path, sampling=SAMP
 
     monkeypatch.setattr(rl, "generate", recording_generate)
     monkeypatch.setattr(rl, "train_loop", one_step_at_a_time)
-    stage_settings = StageSettings(steps=steps, lr=1e-3, batch_size=1, eval_every=steps)
-    rl.reinforce(run, stage_settings, rl.RLSettings(**settings), INSTRUCTIONS, reward, [], reference_weights)
+    stage_settings = StageSettings(steps=steps, lr=1e-3, batch_size=1, eval_every=steps, checkpoint_every=0,
+                                   weight_decay=0.01, max_grad_norm=1.0, log_every=10)
+    rl.reinforce(run, stage_settings, rl.RLSettings.plain(**settings), INSTRUCTIONS, reward, [], reference_weights)
     return records
 
 
@@ -161,7 +162,7 @@ def independent_step(rollout, prompts, rl_settings, baseline, sampling=SAMPLING)
 def test_reinforce_step_on_both_backends_equals_an_independent_computation(case, monkeypatch, tmp_path):
     settings = CASES[case]
     steps = STEPS.get(case, 1)
-    rl_settings = rl.RLSettings(**settings)
+    rl_settings = rl.RLSettings.plain(**settings)
     prompt_ids = [TOKENIZER.encode(format_prompt(p)) for p in INSTRUCTIONS]
     results = {}
     for backend in (NumpyBackend(), TorchBackend()):

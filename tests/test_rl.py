@@ -42,10 +42,10 @@ def test_advantage_identities():
 
 def test_rl_settings_reject_impossible_combinations():
     with pytest.raises(ValueError, match="at least 2 samples"):
-        RLSettings(samples_per_prompt=1, advantage="rloo")
+        RLSettings.plain(samples_per_prompt=1, advantage="rloo")
     with pytest.raises(ValueError, match="unknown advantage"):
-        RLSettings(advantage="ppo")
-    RLSettings(samples_per_prompt=1, advantage="none")  # the original algorithm
+        RLSettings.plain(advantage="ppo")
+    RLSettings.plain(samples_per_prompt=1, advantage="none")  # the original algorithm
 
 
 def test_exact_kl_and_entropy_against_a_direct_sum():

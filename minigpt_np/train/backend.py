@@ -252,16 +252,22 @@ class NumpyBackend(Backend):
 BACKENDS = {"numpy": "minigpt_np.train.backend:NumpyBackend", "torch": "minigpt_torch.backend:TorchBackend"}
 
 
+def check_backend_options(name, kernels=None, compile=False):
+    """A ValueError unless ``name`` is a backend (a key of BACKENDS) that takes these options: kernels
+    other than "fast" are the numpy backend's, compile is the torch backend's."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if kernels not in (None, "fast") and name != "numpy":
+        raise ValueError(f"--kernels: {kernels} is for the numpy backend; the {name} backend has one form of its ops")
+    if compile and name != "torch":
+        raise ValueError(f"--compile: torch.compile is for the torch backend, not the {name} backend")
+
+
 def get_backend(name, device="cpu", kernels=None, compile=False):
     """The backend called ``name`` (a key of BACKENDS), or a ValueError that says what exists.
     kernels: the numpy backend's op form ("fast", the default, or "plain"); other backends have one form.
     compile: the torch backend's torch.compile of the training steps."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if kernels is not None and name != "numpy":
-        raise ValueError(f"--kernels: {kernels} is for the numpy backend; the {name} backend has one form of its ops")
-    if compile and name != "torch":
-        raise ValueError(f"--compile: torch.compile is for the torch backend, not the {name} backend")
+    check_backend_options(name, kernels, compile)
     module_name, class_name = BACKENDS[name].split(":")
     try:
         module = importlib.import_module(module_name)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import GPTConfig
-from .backend import get_backend
+from .backend import check_backend_options, get_backend
 from .checkpoint import CheckpointError, load_checkpoint, write_durably
 from .validation import PROBABILITY, SEED, coefficient, count, flag, positive
 from .data import (check_corpus, format_example, format_prompt, load_corpus, load_sft_pairs, split_pairs)
@@ -24,7 +24,7 @@ from .rewards import REWARDS, score
 from .rl import (ADVANTAGES, FINAL_SAMPLES, RLSettings, answer_log_prob, degenerate_answer, keep_final_samples,
                  policy_samples, reinforce)
 from .stages import (STAGES, Run, SamplingSettings, StageSettings, answer_figures, language_model_figures,
-                     pretrain, reward_figures, sample_answers, sft)
+                     pretrain, reward_figures, sample_answers, sft, stream)
 from .tokenizer import CharTokenizer
 
 # The RL instruction of the original, exactly: with "Instruction: " and "\nAnswer:" around it, the prompt is
@@ -164,11 +164,7 @@ def validate(settings):
         raise ValueError(f"--data-dir: {settings.data_dir} is not a folder")
     if Path(settings.runs_dir).exists() and not Path(settings.runs_dir).is_dir():
         raise ValueError(f"--runs-dir: {settings.runs_dir} is a file, not a folder")
-    if settings.backend != "numpy" and settings.kernels != "fast":
-        raise ValueError(f"--kernels: {settings.kernels} is for the numpy backend; "
-                         f"the {settings.backend} backend has one form of its ops")
-    if settings.compile and settings.backend != "torch":
-        raise ValueError(f"--compile: torch.compile is for the torch backend, not the {settings.backend} backend")
+    check_backend_options(settings.backend, settings.kernels, settings.compile)
     if settings.rl_advantage in ("group_mean", "rloo", "group_zscore") and settings.rl_samples < 2:
         raise ValueError(f"--rl-samples: the {settings.rl_advantage} advantage compares the samples of a prompt, "
                          f"so it needs at least 2, got {settings.rl_samples}")
@@ -189,10 +185,10 @@ def load_reward(spec):
 
 
 def rl_settings(settings):
-    return RLSettings(settings.rl_samples, settings.rl_prompts_per_step, settings.rl_advantage,
-                      settings.rl_baseline_decay, settings.rl_kl_coef, settings.rl_kl_mode,
-                      settings.rl_entropy_coef, settings.rl_aggregation, settings.rl_missing_stop_penalty,
-                      settings.rl_windows_per_pass, settings.rl_split_duplicates)
+    """The RL stage's settings, by name: RLSettings' field x is the pipeline's rl_x (samples_per_prompt:
+    rl_samples). The defaults live in PipelineSettings alone."""
+    return RLSettings(**{field.name: getattr(settings, "rl_samples" if field.name == "samples_per_prompt"
+                                             else f"rl_{field.name}") for field in dataclasses.fields(RLSettings)})
 
 
 def backend_for(settings):
@@ -329,7 +325,8 @@ def _new_run(settings, backend, config, tokenizer, notify):
     if writes:
         _prepare_folder(folder, settings)
     backend.all_sum(0)  # the other ranks wait for the folder (if rank 0 refuses it, rank 0's exit stops them)
-    sampling = SamplingSettings(settings.temperature, settings.top_k, settings.max_new_tokens)
+    sampling = SamplingSettings(temperature=settings.temperature, top_k=settings.top_k,
+                                max_new_tokens=settings.max_new_tokens)
     return Run(backend, backend.create_model(config, settings.seed), config, tokenizer, folder,
                MetricsLog(folder / "metrics.jsonl", notify, writes=writes), settings.seed, sampling, settings.resume,
                settings.progress, notify)
@@ -359,13 +356,13 @@ def rl_from_checkpoint(checkpoint_folder, settings, notify=print, evaluate_befor
     backend.set_training(run.model, False)
     reward_fn = load_reward(settings.reward)
     if evaluate_before:  # the held-out reward before RL, as step 0 (drawn as the stage's evaluations draw)
-        run.metrics.log("rl", 0, **reward_figures(run, held_out_prompts, reward_fn, 4, np.random.default_rng(
-            [run.seed, 3_000_003]), prefix="heldout_reward"))
+        run.metrics.log("rl", 0, **reward_figures(run, held_out_prompts, reward_fn, 4,
+                                                  stream(run.seed, "rl/evaluation"), prefix="heldout_reward"))
     _, wall_time = reinforce(run, _stage_settings(settings, "rl"), rl_settings(settings), [RL_INSTRUCTION],
                              reward_fn, held_out_prompts, checkpoint.weights)
     backend.set_training(run.model, False)
     final, records = policy_samples(run, RL_INSTRUCTION, reward_fn, FINAL_SAMPLES,
-                                    np.random.default_rng([settings.seed, 4_000_037]))
+                                    stream(settings.seed, "stage_figures"))
     run.metrics.log("rl", settings.rl_steps, summary=True, **final)
     keep_final_samples(run, settings.rl_steps, records)
     return run, wall_time, final
@@ -374,7 +371,7 @@ def rl_from_checkpoint(checkpoint_folder, settings, notify=print, evaluate_befor
 def stage_figures(run, stage, tokens, settings, held_out_pairs, rl_prompts, reward_fn):
     """The same figures after every stage, so the report can compare them; also the records of the
     FINAL_SAMPLES answers to the RL prompt that the reward and readability figures come from."""
-    rng = np.random.default_rng([settings.seed, 4_000_037])
+    rng = stream(settings.seed, "stage_figures")
     figures = language_model_figures(run, tokens["validation"], settings.eval_windows, settings.batch_size, "val")
     if stage == "pretrain":
         figures.update(language_model_figures(run, tokens["test"], settings.eval_windows, settings.batch_size, "test"))
@@ -391,7 +388,7 @@ def report_samples(run, seed, prompts, reward_fn):
     the reward of each answer to an instruction."""
     samples = []
     for index, prompt in enumerate(prompts):
-        rng = np.random.default_rng([seed, 5_000_011, index])
+        rng = stream(seed, "report_samples", index)
         sampled = [text for text, _ in sample_answers(run, prompt, 2, rng, raw_prompt=True)]
         greedy = sample_answers(run, prompt, 1, rng, temperature=0, raw_prompt=True)[0][0]
         rewards = score(reward_fn, sampled + [greedy])[0] if prompt.startswith("Instruction:") else None

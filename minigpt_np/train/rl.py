@@ -48,7 +48,7 @@ from .metrics import MetricsLog
 from .readability import answer_figures, readability_figures
 from .rewards import REWARDS, score
 from .sampling import generate
-from .stages import reward_figures, sample_answers, train_loop
+from .stages import reward_figures, sample_answers, stream, train_loop
 
 ADVANTAGES = ("none", "moving_average", "group_mean", "rloo", "group_zscore")
 ZSCORE_EPS = 1e-6
@@ -56,19 +56,29 @@ KEPT_STEPS = 20  # rl/samples.jsonl keeps every answer of the stage's last KEPT_
 FINAL_SAMPLES = 64  # answers sampled from the policy after each stage, for its figures and the report
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RLSettings:
-    samples_per_prompt: int = 8  # G
-    prompts_per_step: int = 1  # P
-    advantage: str = "group_mean"
-    baseline_decay: float = 0.9  # moving_average: b <- decay * b + (1 - decay) * mean(r)
-    kl_coef: float = 0.0  # beta
-    kl_mode: str = "loss"  # "loss" or "reward"
-    entropy_coef: float = 0.0
-    aggregation: str = "sequence_sum"  # or "sequence_mean"
-    missing_stop_penalty: float = 0.0  # subtracted from the reward of an answer cut off at max_new_tokens
-    windows_per_pass: int = 128  # policy windows per forward/backward piece (memory: one piece's graph)
-    split_duplicates: bool = False  # an answer given k times in its group trains on r / k
+    """What one RL step does; every field named (the run's values come from its PipelineSettings, through
+    ``pipeline.rl_settings``; ``RLSettings.plain`` is the textbook method, for experiments and tests)."""
+    samples_per_prompt: int  # G
+    prompts_per_step: int  # P
+    advantage: str  # one of ADVANTAGES
+    baseline_decay: float  # moving_average: b <- decay * b + (1 - decay) * mean(r)
+    kl_coef: float  # beta
+    kl_mode: str  # "loss" or "reward"
+    entropy_coef: float
+    aggregation: str  # "sequence_sum" or "sequence_mean"
+    missing_stop_penalty: float  # subtracted from the reward of an answer cut off at max_new_tokens
+    windows_per_pass: int  # policy windows per forward/backward piece (memory: one piece's graph)
+    split_duplicates: bool  # an answer given k times in its group trains on r / k
+
+    @classmethod
+    def plain(cls, **changes):
+        """REINFORCE with a group-mean baseline and nothing else: 8 samples of one prompt, no KL, no
+        entropy bonus, no shaping; ``changes`` set any field."""
+        return cls(**{**dict(samples_per_prompt=8, prompts_per_step=1, advantage="group_mean", baseline_decay=0.9,
+                             kl_coef=0.0, kl_mode="loss", entropy_coef=0.0, aggregation="sequence_sum",
+                             missing_stop_penalty=0.0, windows_per_pass=128, split_duplicates=False), **changes})
 
     def __post_init__(self):
         if self.advantage not in ADVANTAGES:
@@ -390,7 +400,7 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
 
     def evaluate():
         backend.set_training(model, False)
-        rng = np.random.default_rng([run.seed, 3_000_003])
-        return reward_figures(run, held_out_prompts, reward_fn, 4, rng, prefix="heldout_reward")
+        return reward_figures(run, held_out_prompts, reward_fn, 4, stream(run.seed, "rl/evaluation"),
+                              prefix="heldout_reward")
 
     return train_loop(run, "rl", settings, make_loss, evaluate, loss_name="policy_loss", state=state)

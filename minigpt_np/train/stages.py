@@ -29,6 +29,23 @@ from .sampling import generate
 
 STAGES = ("pretrain", "sft", "rl")
 
+# Every random stream of a run has a name, and its numbers come from (the run's seed, the name's key, and
+# any further keys such as the step): a stage or an evaluation added later leaves the others' numbers as
+# they were. The keys are arbitrary distinct integers; changing one changes that stream's draws.
+STREAMS = {
+    "pretrain": 0, "sft": 1, "rl": 2,  # each training step's batch (or rollout) and dropout masks
+    "sft/evaluation": 2_000_003,  # the format rate's samples during SFT
+    "rl/evaluation": 3_000_003,  # the held-out prompts' samples during RL
+    "stage_figures": 4_000_037,  # the figures after each stage: the final policy's answers, format rate, ...
+    "report_samples": 5_000_011,  # the report's samples after each stage, one stream per prompt
+    "best_of_n": 6_000_011,  # compare_rl.py's pool of SFT answers
+}
+
+
+def stream(seed, name, *keys):
+    """The random generator of the named stream (STREAMS) of a run with this seed; keys: e.g. the step."""
+    return np.random.default_rng([seed, STREAMS[name], *keys])
+
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient became NaN or infinite; the last good checkpoint is kept."""
@@ -38,23 +55,25 @@ class StageInterrupted(RuntimeError):
     """Ctrl-C: the stage saved its progress and stopped; --resume continues it."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StageSettings:
+    """How one stage trains (the run's values come from its PipelineSettings: ``pipeline._stage_settings``)."""
     steps: int
     lr: float
     batch_size: int
     eval_every: int
-    checkpoint_every: int = 0  # 0: only at the end of the stage and on Ctrl-C
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    log_every: int = 10
+    checkpoint_every: int  # 0: only at the end of the stage and on Ctrl-C
+    weight_decay: float
+    max_grad_norm: float
+    log_every: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SamplingSettings:
-    temperature: float = 0.6
-    top_k: int = 10
-    max_new_tokens: int = 80
+    """How answers are sampled (the run's values come from its PipelineSettings)."""
+    temperature: float
+    top_k: int
+    max_new_tokens: int
 
 
 class Run:
@@ -182,7 +201,7 @@ def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_
                 raise StageInterrupted(f"{stage}: stopped at step {step - 1} of {settings.steps} and saved to "
                                        f"{run.stage_folder(stage)}; run again with --resume to continue")
             started = time.perf_counter()
-            rng = np.random.default_rng([run.seed, STAGES.index(stage), step])
+            rng = stream(run.seed, stage, step)
             backend.seed_dropout(model, int(rng.integers(2**62)))
             loss, figures = make_loss(rng)  # loss None: make_loss accumulated the gradients and logged the value
             values = {} if loss is None else {loss_name: backend.loss_value(loss)}
@@ -321,6 +340,6 @@ def sft(run, settings, train_pairs, held_out_pairs, answer_chars=None):
 
     def evaluate():
         backend.set_training(model, False)
-        return answer_figures(run, held_out_pairs, settings.batch_size, np.random.default_rng([run.seed, 2_000_003]))
+        return answer_figures(run, held_out_pairs, settings.batch_size, stream(run.seed, "sft/evaluation"))
 
     return train_loop(run, "sft", settings, make_loss, evaluate)

@@ -40,8 +40,9 @@ from minigpt_np.train import best_of_n
 from minigpt_np.train.checkpoint import CheckpointError, load_checkpoint
 from minigpt_np.train.pipeline import RL_INSTRUCTION, backend_for, rl_from_checkpoint, settings_for
 from minigpt_np.train.rewards import REWARDS, score
-from minigpt_np.train.rl import ADVANTAGES, sample_figures
-from minigpt_np.train.stages import Run, SamplingSettings, sample_answers, stream
+from minigpt_np.train.evaluation import sample_answers, sample_metrics
+from minigpt_np.train.rl import ADVANTAGES
+from minigpt_np.train.runner import Run, SamplingSettings, stream
 from minigpt_np.train.validation import SEED, OneLineParser, check_values, coefficient, count, positive
 
 RANGES = {"steps": count(1, 10**6), "samples": count(1, 4096), "lr": positive(10.0), "seeds": SEED,
@@ -182,7 +183,7 @@ def best_of_n_baseline(args):
         rewards = score(REWARDS[reward], answers)[0]
         for n in args.best_of:
             chosen = best_of_n.choose(rewards, n)
-            figures = sample_figures([answers[i] for i in chosen], [finished[i] for i in chosen])
+            figures = sample_metrics([answers[i] for i in chosen], [finished[i] for i in chosen])
             results[f"best-of-{n} by {reward}"] = [{
                 **{k: figures[k] for k in FIGURES[1:-2]}, "last_original": None,
                 "kl_per_answer": best_of_n.kl_estimate(rewards, n), "kl_bound": best_of_n.kl_bound(n),

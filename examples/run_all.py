@@ -19,7 +19,7 @@ import textwrap
 from minigpt_np.train.checkpoint import CheckpointWriteError
 from minigpt_np.train.pipeline import PRESETS, PipelineSettings, run_pipeline, settings_for
 from minigpt_np.train.report import SHORT_COLUMNS, stage_problems, summary_rows, text_table
-from minigpt_np.train.stages import StageInterrupted, TrainingDiverged
+from minigpt_np.train.runner import StageInterrupted, TrainingDiverged
 from minigpt_np.train.validation import OneLineParser
 
 

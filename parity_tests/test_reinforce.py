@@ -16,7 +16,7 @@ import minigpt_torch
 from minigpt_np.train import rl
 from minigpt_np.train.backend import NumpyBackend
 from minigpt_np.train.data import format_prompt
-from minigpt_np.train.stages import STAGES, Run, SamplingSettings, StageSettings
+from minigpt_np.train.runner import STAGES, Run, SamplingSettings, StageSettings
 from minigpt_np.train.tokenizer import CharTokenizer
 from minigpt_torch.backend import TorchBackend
 from parity_tests.helpers import check

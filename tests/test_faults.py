@@ -216,8 +216,8 @@ def test_a_full_disk_during_a_pipeline_save_stops_with_one_line_and_resume_conti
         "        os.fsync = failing_fsync\n"
         "    return real(*args, **kwargs)\n"
         "checkpoint.save_checkpoint = save\n"
-        "from minigpt_np.train import stages\n"
-        "stages.save_checkpoint = save\n"
+        "from minigpt_np.train import runner\n"
+        "runner.save_checkpoint = save\n"
         "sys.argv = sys.argv[1:]\n"
         "runpy.run_path(sys.argv[0], run_name='__main__')\n")
     full = subprocess.run([sys.executable, "-c", script, *run_all("numpy", tmp_path, "full")[1:]],

@@ -12,9 +12,9 @@ from safetensors.numpy import load_file
 from minigpt_np.train import backend as backend_module
 from minigpt_np.train.checkpoint import load_checkpoint
 from minigpt_np.train.pipeline import RunFolderError, run_pipeline, settings_for
-from minigpt_np.train.readability import answer_figures
+from minigpt_np.train.readability import answer_readability
 from minigpt_np.train.rewards import guarded_reward, original_reward
-from minigpt_np.train.stages import StageInterrupted, TrainingDiverged
+from minigpt_np.train.runner import StageInterrupted, TrainingDiverged
 
 from .conftest import TINY, WIKITEXT_DIR, flags, load_cli, records
 
@@ -63,7 +63,7 @@ def test_rl_keeps_every_answer_of_the_last_steps_and_the_final_policys_with_thei
     for record in kept:
         assert record["reward"] == sum(guarded_reward(record["answer"]).values())  # the default reward
         assert record["components"] == guarded_reward(record["answer"])
-        assert {k: record[k] for k in ("real_word_rate", "repeat_rate", "readable")} == answer_figures(record["answer"])
+        assert {k: record[k] for k in ("real_word_rate", "repeat_rate", "readable")} == answer_readability(record["answer"])
         assert record["prompt"] == "Give a creative tagline for coffee before practice." and record["stage"] == "rl"
     assert len({r["answer"] for r in kept}) > 1
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from minigpt_np.train.readability import (answer_figures, most_repeats, readability_figures, readable,
+from minigpt_np.train.readability import (answer_readability, most_repeats, readability_metrics, readable,
                                           real_word_rate, real_words, words)
 from minigpt_np.train.rewards import REWARDS, guarded_reward, original_reward, score
 
@@ -37,17 +37,17 @@ def test_words_and_the_real_word_list():
     assert "cofee" not in known and "xqzt" not in known
 
 
-def test_readability_figures_by_hand():
-    assert answer_figures(TAGLINE) == {"real_word_rate": 1.0, "repeat_rate": 0.0, "readable": True}
-    hacked = answer_figures(HACKED)  # 11 words: coffee x5, and x3, head x2, can
+def test_readability_metrics_by_hand():
+    assert answer_readability(TAGLINE) == {"real_word_rate": 1.0, "repeat_rate": 0.0, "readable": True}
+    hacked = answer_readability(HACKED)  # 11 words: coffee x5, and x3, head x2, can
     assert hacked["real_word_rate"] == 1.0 and not hacked["readable"]
     assert abs(hacked["repeat_rate"] - 7 / 11) <= 1e-15  # 4 + 2 + 1 repeats of an earlier word
     assert most_repeats(HACKED) == 5
     half = " the cofee is warmm"
     assert real_word_rate(half) == 0.5 and not readable(half)
-    assert answer_figures("") == {"real_word_rate": 0.0, "repeat_rate": 0.0, "readable": False}
+    assert answer_readability("") == {"real_word_rate": 0.0, "repeat_rate": 0.0, "readable": False}
     assert readable(" the the cup") and not readable(" the the the cup")  # twice is allowed, three times not
-    figures = readability_figures([TAGLINE, HACKED])
+    figures = readability_metrics([TAGLINE, HACKED])
     assert figures["readable_frac"] == 0.5 and abs(figures["repeat_rate"] - 7 / 22) <= 1e-15
 
 

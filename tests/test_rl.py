@@ -8,15 +8,13 @@ import minigpt_np
 from minigpt_np.train.backend import NumpyBackend
 from minigpt_np.train.data import IGNORE
 from minigpt_np.train.rewards import original_reward
+from minigpt_np.train.evaluation import degenerate_answer, distinct_n, text_metrics
 from minigpt_np.train.rl import (
     RLSettings,
     advantages,
-    degenerate_answer,
-    distinct_n,
     kl_and_entropy,
     policy_windows,
     split_among_duplicates,
-    text_figures,
 )
 from minigpt_np.train.sampling import draw, generate, next_token_probs
 
@@ -133,7 +131,7 @@ def test_generate_with_prompts_of_different_lengths_matches_one_prompt_at_a_time
 
 def test_diversity_figures_and_the_degenerate_answer():
     assert distinct_n(["a b c", "a b d"], 1) == 4 / 6 and distinct_n(["a b c", "a b d"], 2) == 3 / 4
-    figures = text_figures(["a b", "a b", "c"], [True, True, False])
+    figures = text_metrics(["a b", "a b", "c"], [True, True, False])
     assert figures["unique_frac"] == 2 / 3 and abs(figures["truncated_frac"] - 1 / 3) <= 1e-15
     degenerate = degenerate_answer()
     assert sum(original_reward(degenerate).values()) == 2.0 and distinct_n([degenerate], 2) < 0.3

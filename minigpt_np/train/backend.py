@@ -1,6 +1,6 @@
 """The Backend interface: the seam between the training stages and a tensor library.
 
-The stages (``stages.py``) are written once against these methods; ``NumpyBackend`` below and
+The stages (``stages.py``, ``rl.py``) are written once against these methods; ``NumpyBackend`` below and
 ``minigpt_torch.backend.TorchBackend`` implement them. Everything that crosses the seam is a numpy
 array or a Python number, except the two opaque handles a stage passes back unchanged: the model's
 ``logits`` and the ``loss`` built from them.

@@ -20,11 +20,12 @@ from .validation import PROBABILITY, SEED, coefficient, count, flag, positive
 from .data import (check_corpus, format_example, format_prompt, load_corpus, load_sft_pairs, split_pairs)
 from .metrics import MetricsLog
 from .report import write_plots, write_report
-from .rewards import REWARDS, score
-from .rl import (ADVANTAGES, FINAL_SAMPLES, RLSettings, answer_log_prob, degenerate_answer, keep_final_samples,
-                 policy_samples, reinforce)
-from .stages import (STAGES, Run, SamplingSettings, StageSettings, answer_figures, language_model_figures,
-                     pretrain, reward_figures, sample_answers, sft, stream)
+from .rewards import REWARDS
+from .evaluation import (FINAL_SAMPLES, degenerate_answer, policy_samples, report_samples, reward_metrics,
+                         stage_metrics)
+from .rl import ADVANTAGES, RLSettings, keep_final_samples, reinforce
+from .runner import STAGES, Run, SamplingSettings, StageSettings, stream
+from .stages import pretrain, sft
 from .tokenizer import CharTokenizer
 
 # The RL instruction of the original, exactly: with "Instruction: " and "\nAnswer:" around it, the prompt is
@@ -300,16 +301,16 @@ def run_pipeline(settings, notify=print):
             continue
         _, wall_time = stage_calls[stage](_stage_settings(settings, stage))
         backend.set_training(run.model, False)
-        figures, final_samples = stage_figures(run, stage, tokens, settings, held_out_pairs, rl_prompts, reward_fn)
+        metrics, final_samples = stage_metrics(run, stage, tokens, settings, held_out_pairs, rl_prompts, reward_fn)
         flat_groups = run.metrics.series(stage, "zero_std_frac")[1]  # RL: groups whose answers all scored alike
         if flat_groups:
-            figures["flat_group_share"] = float(np.mean(flat_groups))
+            metrics["flat_group_share"] = float(np.mean(flat_groups))
         steps = getattr(settings, f"{stage}_steps")
-        run.metrics.log(stage, steps, summary=True, **figures)
+        run.metrics.log(stage, steps, summary=True, **metrics)
         if stage == "rl":
             keep_final_samples(run, steps, final_samples)
         samples = report_samples(run, settings.seed, report_prompts, reward_fn)
-        run.save(stage, steps, True, metrics=figures,
+        run.save(stage, steps, True, metrics=metrics,
                  extra={"wall_time": wall_time, "samples": samples, "final_samples": final_samples,
                         "train_loss": run.metrics.last(stage, "train_loss")})
         summaries[stage] = run.stage_checkpoint(stage).meta
@@ -344,7 +345,7 @@ def rl_from_checkpoint(checkpoint_folder, settings, notify=print, evaluate_befor
 
     The model's shape and vocabulary come from the checkpoint; RL, sampling and seed settings from
     settings. evaluate_before: also log the held-out reward before RL, as step 0. Returns (run, wall
-    time in seconds, the final policy's figures on FINAL_SAMPLES answers); every figure is in run.metrics,
+    time in seconds, the final policy's metrics on FINAL_SAMPLES answers); every number is in run.metrics,
     the answers of the last steps and the final ones in rl/samples.jsonl.
     """
     checkpoint = load_checkpoint(checkpoint_folder)
@@ -356,44 +357,16 @@ def rl_from_checkpoint(checkpoint_folder, settings, notify=print, evaluate_befor
     backend.set_training(run.model, False)
     reward_fn = load_reward(settings.reward)
     if evaluate_before:  # the held-out reward before RL, as step 0 (drawn as the stage's evaluations draw)
-        run.metrics.log("rl", 0, **reward_figures(run, held_out_prompts, reward_fn, 4,
+        run.metrics.log("rl", 0, **reward_metrics(run, held_out_prompts, reward_fn, 4,
                                                   stream(run.seed, "rl/evaluation"), prefix="heldout_reward"))
     _, wall_time = reinforce(run, _stage_settings(settings, "rl"), rl_settings(settings), [RL_INSTRUCTION],
                              reward_fn, held_out_prompts, checkpoint.weights)
     backend.set_training(run.model, False)
     final, records = policy_samples(run, RL_INSTRUCTION, reward_fn, FINAL_SAMPLES,
-                                    stream(settings.seed, "stage_figures"))
+                                    stream(settings.seed, "stage_metrics"))
     run.metrics.log("rl", settings.rl_steps, summary=True, **final)
     keep_final_samples(run, settings.rl_steps, records)
     return run, wall_time, final
-
-
-def stage_figures(run, stage, tokens, settings, held_out_pairs, rl_prompts, reward_fn):
-    """The same figures after every stage, so the report can compare them; also the records of the
-    FINAL_SAMPLES answers to the RL prompt that the reward and readability figures come from."""
-    rng = stream(settings.seed, "stage_figures")
-    figures = language_model_figures(run, tokens["validation"], settings.eval_windows, settings.batch_size, "val")
-    if stage == "pretrain":
-        figures.update(language_model_figures(run, tokens["test"], settings.eval_windows, settings.batch_size, "test"))
-    figures.update(answer_figures(run, held_out_pairs, settings.batch_size, rng))
-    final, records = policy_samples(run, rl_prompts[0], reward_fn, FINAL_SAMPLES, rng)
-    figures.update(final)
-    figures.update(reward_figures(run, [i for i, _ in held_out_pairs], reward_fn, 4, rng, prefix="heldout_reward"))
-    figures["degenerate_logprob"] = answer_log_prob(run, format_prompt(rl_prompts[0]), degenerate_answer())
-    return figures, records
-
-
-def report_samples(run, seed, prompts, reward_fn):
-    """Two samples at the training temperature and one greedy for each prompt, with fixed seeds, and
-    the reward of each answer to an instruction."""
-    samples = []
-    for index, prompt in enumerate(prompts):
-        rng = stream(seed, "report_samples", index)
-        sampled = [text for text, _ in sample_answers(run, prompt, 2, rng, raw_prompt=True)]
-        greedy = sample_answers(run, prompt, 1, rng, temperature=0, raw_prompt=True)[0][0]
-        rewards = score(reward_fn, sampled + [greedy])[0] if prompt.startswith("Instruction:") else None
-        samples.append({"prompt": prompt, "sampled": sampled, "greedy": greedy, "rewards": rewards})
-    return samples
 
 
 __all__ = ["PipelineSettings", "PRESETS", "settings_for", "run_pipeline", "RunFolderError", "CheckpointError"]

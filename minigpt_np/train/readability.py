@@ -3,7 +3,7 @@
 A word is a run of letters (with an inner apostrophe: "night's"), lower-cased; the punctuation around
 it is not part of it. The list of real words is every word of the embedded pretraining corpus (all
 of its documents) and of the built-in SFT pairs: the language the model was taught, about 2,000
-words. It is fixed, whatever corpus a run trains on, so that figures of different runs compare.
+words. It is fixed, whatever corpus a run trains on, so that the metrics of different runs compare.
 
     real_word_rate   share of an answer's words that are real words
     repeat_rate      share of an answer's words that repeat an earlier word of the same answer
@@ -60,14 +60,14 @@ def readable(text):
     return (real_word_rate(text) >= READABLE_REAL_WORD_RATE and 0 < most_repeats(text) <= READABLE_MAX_REPEATS)
 
 
-def answer_figures(text):
-    """The per-answer figures: real_word_rate, repeat_rate, readable."""
+def answer_readability(text):
+    """The per-answer metrics: real_word_rate, repeat_rate, readable."""
     return {"real_word_rate": real_word_rate(text), "repeat_rate": repeat_rate(text), "readable": readable(text)}
 
 
-def readability_figures(answers):
+def readability_metrics(answers):
     """Means over answers: real_word_rate, repeat_rate, readable_frac."""
-    per_answer = [answer_figures(a) for a in answers]
+    per_answer = [answer_readability(a) for a in answers]
     return {"real_word_rate": float(np.mean([f["real_word_rate"] for f in per_answer])),
             "repeat_rate": float(np.mean([f["repeat_rate"] for f in per_answer])),
             "readable_frac": float(np.mean([f["readable"] for f in per_answer]))}

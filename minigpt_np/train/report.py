@@ -3,7 +3,7 @@ import math
 from pathlib import Path
 
 from .rewards import original_reward
-from .rl import FINAL_SAMPLES
+from .evaluation import FINAL_SAMPLES
 
 # (column title, where the value is) for the stage comparison table.
 COLUMNS = (
@@ -236,7 +236,7 @@ def write_report(folder, context, summaries, metrics):
 
 def _reward_hacking_section(summaries, metrics):
     """Where the policy stands relative to the string that maximises the original reward."""
-    from .rl import degenerate_answer, distinct_n
+    from .evaluation import degenerate_answer, distinct_n
 
     degenerate = degenerate_answer()
     lines = ["", "## Reward hacking, for reference", "",

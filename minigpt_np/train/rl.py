@@ -24,7 +24,7 @@ One step (``reinforce_step``), in words, each part a function:
    ("sequence_sum") or their mean ("sequence_mean"). With sequence_sum a longer answer carries
    more terms, so its advantage moves more log-probability: a length bias worth knowing, since
    the original reward has a length term. sequence_mean removes it.
-5. Metrics (``step_metrics``): reward, KL, entropy and the samples' figures, of the whole rollout.
+5. Metrics (``step_metrics``): reward, KL, entropy and the samples' metrics, of the whole rollout.
 
 The windows are processed in pieces of at most ``windows_per_pass`` (``accumulate_policy_gradient``):
 each piece's part of the loss is back-propagated at once and the gradients add up, so the memory is
@@ -44,16 +44,15 @@ import numpy as np
 
 from ..functional import log_softmax_array
 from .data import IGNORE, format_prompt, policy_windows
+from .evaluation import reward_metrics, sample_metrics, sample_records
 from .metrics import MetricsLog
-from .readability import answer_figures, readability_figures
-from .rewards import REWARDS, score
+from .rewards import score
+from .runner import stream, train_loop
 from .sampling import generate
-from .stages import reward_figures, sample_answers, stream, train_loop
 
 ADVANTAGES = ("none", "moving_average", "group_mean", "rloo", "group_zscore")
 ZSCORE_EPS = 1e-6
 KEPT_STEPS = 20  # rl/samples.jsonl keeps every answer of the stage's last KEPT_STEPS steps
-FINAL_SAMPLES = 64  # answers sampled from the policy after each stage, for its figures and the report
 
 
 @dataclass(kw_only=True)
@@ -140,7 +139,7 @@ def kl_and_entropy(policy_logits, reference_logits):
     """Per position: KL(p || q) = sum_v p_v (log p_v - log q_v) and H(p) = -sum_v p_v log p_v,
     with p = softmax(policy_logits), q = softmax(reference_logits), in float64.
 
-    These are the logged figures (and the KL of kl_mode "reward"), from any backend's logits as numpy;
+    These are the logged metrics (and the KL of kl_mode "reward"), from any backend's logits as numpy;
     the same terms as a loss with a gradient are ``Backend.kl_entropy``, on each backend's own graph."""
     log_p = log_softmax_array(np.asarray(policy_logits, dtype=np.float64))
     log_q = log_softmax_array(np.asarray(reference_logits, dtype=np.float64))
@@ -179,48 +178,6 @@ def accumulate_policy_gradient(backend, model, batches, reference_logits, sample
 
 
 # ---------------------------------------------------------------------------- diagnostics
-def distinct_n(answers, n):
-    """Distinct word n-grams over all n-grams in the answers (1.0: no n-gram repeats)."""
-    grams = [tuple(words[k:k + n]) for words in (a.split() for a in answers) for k in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def text_figures(answers, finished):
-    """Length, truncation and diversity figures of a set of sampled answers."""
-    return {
-        "length_chars": float(np.mean([len(a) for a in answers])),
-        "length_words": float(np.mean([len(a.split()) for a in answers])),
-        "truncated_frac": float(np.mean(~np.asarray(finished))),
-        "distinct_1": distinct_n(answers, 1),
-        "distinct_2": distinct_n(answers, 2),
-        "unique_frac": len(set(answers)) / len(answers),
-    }
-
-
-def sample_figures(answers, finished):
-    """Everything measured on a set of sampled answers besides the training reward: length, truncation,
-    diversity, readability, and the mean of every named reward."""
-    return {**text_figures(answers, finished), **readability_figures(answers),
-            **{f"{name}_reward_mean": float(np.mean(score(fn, answers)[0])) for name, fn in REWARDS.items()}}
-
-
-def sample_records(prompts, answers, finished, rewards, components):
-    """One rl/samples.jsonl record per answer: what was asked, what was said, and how it scored."""
-    return [{"prompt": prompt, "answer": answer, "reward": float(reward),
-             "components": {name: values[i] for name, values in components.items()}, "finished": bool(done),
-             **answer_figures(answer)}
-            for i, (prompt, answer, done, reward) in enumerate(zip(prompts, answers, finished, rewards))]
-
-
-def policy_samples(run, instruction, reward_fn, n, rng):
-    """n answers to one instruction at the run's sampling settings: (figures, one record per answer).
-    figures: reward_mean and reward/<component> by the run's reward, and sample_figures."""
-    answers, finished = zip(*sample_answers(run, instruction, n, rng))
-    totals, components = score(reward_fn, answers)
-    figures = {"reward_mean": float(np.mean(totals)),
-               **{f"reward/{name}": float(np.mean(values)) for name, values in components.items()},
-               **sample_figures(answers, finished)}
-    return figures, sample_records([instruction] * n, answers, finished, totals, components)
 
 
 def keep_final_samples(run, step, records):
@@ -228,25 +185,6 @@ def keep_final_samples(run, step, records):
     run.stage_folder("rl").mkdir(parents=True, exist_ok=True)
     MetricsLog(run.stage_folder("rl") / "samples.jsonl", run.notify, writes=run.writes).log_many(
         "rl", step, [{"final": True, **record} for record in records])
-
-
-def degenerate_answer(n_words=8):
-    """The string that maximises the original reward without saying anything."""
-    return " " + " ".join(["coffee"] * n_words) + "!"
-
-
-def answer_log_prob(run, prompt, answer):
-    """Mean log-probability per character of answer + its closing newline after prompt, under the
-    model's own distribution (temperature 1), each character with the context the sampler would see."""
-    prompt_ids, answer_ids = run.tokenizer.encode(prompt), run.tokenizer.encode(answer + "\n")
-    total, count = 0.0, 0
-    for ids, targets, _ in policy_windows([prompt_ids], answer_ids[None], np.array([len(answer_ids)]),
-                                          run.config.context_length):
-        log_probs = log_softmax_array(run.predict(ids, targets.shape[1]).astype(np.float64))
-        counted = targets != IGNORE
-        total += float(log_probs[counted, targets[counted]].sum())
-        count += int(counted.sum())
-    return total / count
 
 
 # ---------------------------------------------------------------------------- one step, function by function
@@ -328,7 +266,7 @@ def token_weights(advantage, lengths, aggregation):
 
 def step_metrics(rewards, components, G, rollout, token_kl, token_entropy, token_sample, loss_value, backend):
     """Step 5: what the step logs: the reward and its components, the share of groups with no signal,
-    KL and entropy of the whole rollout (per character and per answer), and the samples' figures."""
+    KL and entropy of the whole rollout (per character and per answer), and the samples' metrics."""
     N, n_tokens = len(rewards), int(rollout.lengths.sum())
     sample_kl, sample_entropy = np.zeros(N), np.zeros(N)  # each sample's, summed over its tokens; ranks added
     sample_kl[rollout.rows] = np.bincount(token_sample, token_kl, minlength=rollout.rows.stop - rollout.rows.start)
@@ -340,7 +278,7 @@ def step_metrics(rewards, components, G, rollout, token_kl, token_entropy, token
             "zero_std_frac": float(np.mean(rewards.reshape(-1, G).std(axis=1) == 0)),
             "kl": float(sample_kl.sum() / n_tokens), "entropy": float(sample_entropy.sum() / n_tokens),
             "kl_per_answer": float(sample_kl.mean()),
-            **sample_figures(rollout.answers, rollout.finished), "policy_loss": float(backend.all_sum(loss_value))}
+            **sample_metrics(rollout.answers, rollout.finished), "policy_loss": float(backend.all_sum(loss_value))}
 
 
 def reinforce_step(run, reference, instructions, reward_fn, settings, state, rng):
@@ -400,7 +338,7 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
 
     def evaluate():
         backend.set_training(model, False)
-        return reward_figures(run, held_out_prompts, reward_fn, 4, stream(run.seed, "rl/evaluation"),
+        return reward_metrics(run, held_out_prompts, reward_fn, 4, stream(run.seed, "rl/evaluation"),
                               prefix="heldout_reward")
 
     return train_loop(run, "rl", settings, make_loss, evaluate, loss_name="policy_loss", state=state)

@@ -16,7 +16,7 @@ ranks' summed gradient is the global batch's; rank 0 alone writes files (``Run.w
 import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +142,71 @@ def _progress_bar(run, stage, total, initial):
                 mininterval=0.5, dynamic_ncols=True, leave=True)
 
 
+@dataclass
+class _Progress:
+    """Where a stage stands: the last step done, its wall time so far, the last evaluation's metrics,
+    and the last step saved (the one a NaN falls back to)."""
+    step: int = 0
+    wall_time: float = 0.0
+    last_eval: dict = field(default_factory=dict)
+    saved_step: int = 0
+
+
+def _resume(run, stage, settings, optimizer, state):
+    """When resuming a stopped stage: its weights, optimizer state and carried state loaded, and its progress.
+    Otherwise a fresh start."""
+    partial = run.stage_checkpoint(stage) if run.resume else None
+    if partial is None:
+        return _Progress()
+    if partial.optimizer_arrays is None or partial.meta.get("optimizer_steps") is None:
+        raise CheckpointError(f"{partial.folder}: the stopped {stage} stage's checkpoint has no optimizer state "
+                              f"to resume from")
+    run.backend.load_state_dict(run.model, partial.weights)
+    run.backend.load_optimizer_state(run.model, optimizer, partial.optimizer_arrays, partial.meta["optimizer_steps"])
+    if state is not None:
+        state.update(partial.meta.get("stage_state", {}))
+    run.notify(f"{stage}: resuming at step {partial.step} of {settings.steps}")
+    return _Progress(partial.step, partial.meta.get("wall_time", 0.0), partial.meta.get("metrics", {}), partial.step)
+
+
+class _DeferredReads:
+    """Each step's loss and gradient norm stay with the backend until a step logs, evaluates or saves;
+    then all the unread ones are read with one ``backend.read`` (on a GPU each read waits for the
+    device's queue). The NaN guard checks every value read."""
+
+    def __init__(self, backend, stage, loss_name):
+        self.backend, self.stage, self.loss_name, self.unread = backend, stage, loss_name, []
+
+    def add(self, step, metrics, values):
+        self.unread.append((step, metrics, values))  # values: {name: a backend's value handle}
+
+    def read(self, saved_step):
+        """Fill the unread steps' metrics; TrainingDiverged at the first non-finite loss or gradient norm."""
+        numbers = iter(self.backend.read([value for _, _, values in self.unread for value in values.values()]))
+        for step, metrics, values in self.unread:
+            metrics.update({name: next(numbers) for name in values})
+            for name, what in ((self.loss_name, "loss"), ("grad_norm", "gradient norm")):
+                if not math.isfinite(metrics[name]):
+                    raise TrainingDiverged(f"{self.stage}: the {what} became {metrics[name]} at step {step}; "
+                                           f"stopped, the last good checkpoint (step {saved_step}) is kept")
+        self.unread.clear()
+
+
+def _optimizer_step(run, stage, step, settings, make_loss, optimizer, loss_name):
+    """One step of the stage: its random stream, dropout masks from it, make_loss's loss and the update.
+    Returns (the step's metrics, {name: value handle} of its loss and gradient norm)."""
+    rng = stream(run.seed, stage, step)
+    run.backend.seed_dropout(run.model, int(rng.integers(2**62)))
+    loss, metrics = make_loss(rng)  # loss None: make_loss accumulated the gradients and logged the value
+    values = {} if loss is None else {loss_name: run.backend.loss_value(loss)}
+    values["grad_norm"] = run.backend.optimizer_step(run.model, optimizer, loss, settings.max_grad_norm)
+    return metrics, values
+
+
+def _save(run, stage, step, optimizer, progress, state):
+    run.save(stage, step, False, optimizer, progress.last_eval, {"wall_time": progress.wall_time, "stage_state": state})
+
+
 def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_loss", state=None):
     """Run steps 1..settings.steps of a stage (continuing a saved partial stage when resuming).
 
@@ -152,79 +217,44 @@ def train_loop(run, stage, settings, make_loss, evaluate=None, loss_name="train_
     state: a dict of plain numbers the stage carries from step to step (saved and restored with it).
     Returns (metrics of the last evaluation, wall time of the stage in seconds).
 
-    Each step's loss and gradient norm stay with the backend (``loss_value``, ``optimizer_step``) and
-    are read in one batch (``read``) at the steps that log, evaluate or save, and on Ctrl-C: on a GPU
-    every read waits for the device to finish its queue, so reading every step would hold the GPU to
-    the host's pace. The NaN guard checks every step's values when they are read, so it stops the
-    stage up to log_every - 1 steps after a bad one; nothing is saved in between (a save reads first).
+    The values of the steps are read in batches (``_DeferredReads``), so the NaN guard stops the stage
+    up to log_every - 1 steps after a bad one; nothing is saved in between (a save reads first).
     """
-    backend, model = run.backend, run.model
-    optimizer = backend.create_optimizer(model, settings.lr, settings.weight_decay)
-    start, wall_time, last_eval = 0, 0.0, {}
-    partial = run.stage_checkpoint(stage) if run.resume else None
-    if partial is not None:
-        if partial.optimizer_arrays is None or partial.meta.get("optimizer_steps") is None:
-            raise CheckpointError(f"{partial.folder}: the stopped {stage} stage's checkpoint has no optimizer state "
-                                  f"to resume from")
-        backend.load_state_dict(model, partial.weights)
-        backend.load_optimizer_state(model, optimizer, partial.optimizer_arrays, partial.meta["optimizer_steps"])
-        start, wall_time = partial.step, partial.meta.get("wall_time", 0.0)
-        last_eval = partial.meta.get("metrics", {})
-        if state is not None:
-            state.update(partial.meta.get("stage_state", {}))
-        run.notify(f"{stage}: resuming at step {start} of {settings.steps}")
-    run.metrics.truncate_after(stage, start)
-    saved_step = start
-    unread = []  # (step, metrics, {name: value handle}) of the steps whose values are not read yet
+    optimizer = run.backend.create_optimizer(run.model, settings.lr, settings.weight_decay)
+    progress = _resume(run, stage, settings, optimizer, state)
+    run.metrics.truncate_after(stage, progress.step)
+    reads = _DeferredReads(run.backend, stage, loss_name)
     block_seconds, block_steps = 0.0, 0  # the training steps since the last logged one (no evaluation)
     shown = {}  # the last logged step's metrics, for the progress bar
-
-    def read_values():
-        """Read the unread steps' loss and gradient norm with one backend.read; stop at the first non-finite one."""
-        numbers = iter(backend.read([value for _, _, values in unread for value in values.values()]))
-        for step, metrics, values in unread:
-            metrics.update({name: next(numbers) for name in values})
-            for name, what in ((loss_name, "loss"), ("grad_norm", "gradient norm")):
-                if not math.isfinite(metrics[name]):
-                    raise TrainingDiverged(f"{stage}: the {what} became {metrics[name]} at step {step}; stopped, "
-                                           f"the last good checkpoint (step {saved_step}) is kept")
-        unread.clear()
-
-    with _CtrlC() as ctrl_c, _progress_bar(run, stage, settings.steps, start) as bar:
-        for step in range(start + 1, settings.steps + 1):
+    with _CtrlC() as ctrl_c, _progress_bar(run, stage, settings.steps, progress.step) as bar:
+        for step in range(progress.step + 1, settings.steps + 1):
             if run.any_rank(ctrl_c.requested):  # every rank stops at the same step
-                read_values()  # a NaN among them: TrainingDiverged, and nothing is saved
-                run.save(stage, step - 1, False, optimizer, last_eval, {"wall_time": wall_time, "stage_state": state})
+                reads.read(progress.saved_step)  # a NaN among them: TrainingDiverged, and nothing is saved
+                _save(run, stage, step - 1, optimizer, progress, state)
                 raise StageInterrupted(f"{stage}: stopped at step {step - 1} of {settings.steps} and saved to "
                                        f"{run.stage_folder(stage)}; run again with --resume to continue")
             started = time.perf_counter()
-            rng = stream(run.seed, stage, step)
-            backend.seed_dropout(model, int(rng.integers(2**62)))
-            loss, metrics = make_loss(rng)  # loss None: make_loss accumulated the gradients and logged the value
-            values = {} if loss is None else {loss_name: backend.loss_value(loss)}
-            values["grad_norm"] = backend.optimizer_step(model, optimizer, loss, settings.max_grad_norm)
-            unread.append((step, metrics, values))
+            metrics, values = _optimizer_step(run, stage, step, settings, make_loss, optimizer, loss_name)
+            reads.add(step, metrics, values)
             logs = step == 1 or step % settings.log_every == 0 or step == settings.steps
             evaluates = evaluate is not None and (step % settings.eval_every == 0 or step == settings.steps)
             saves = bool(settings.checkpoint_every) and step % settings.checkpoint_every == 0 and step < settings.steps
             if logs or evaluates or saves:
-                read_values()  # also waits for the device: the steps' work is done after it
-            block_seconds += time.perf_counter() - started
-            block_steps += 1
+                reads.read(progress.saved_step)  # also waits for the device: the steps' work is done after it
+            block_seconds, block_steps = block_seconds + time.perf_counter() - started, block_steps + 1
             if logs:
                 metrics["step_seconds"] = block_seconds / block_steps  # sampling, loss and update
-                block_seconds, block_steps = 0.0, 0
+                block_seconds, block_steps, shown = 0.0, 0, metrics
                 run.metrics.log(stage, step, **metrics)
-                shown = metrics
             if evaluates:
-                last_eval = evaluate()
-                run.metrics.log(stage, step, **last_eval)
+                progress.last_eval = evaluate()
+                run.metrics.log(stage, step, **progress.last_eval)
             if logs or evaluates:
-                bar.set_postfix({k: f"{v:.3f}" for k, v in {**shown, **last_eval}.items()
+                bar.set_postfix({k: f"{v:.3f}" for k, v in {**shown, **progress.last_eval}.items()
                                  if k in (loss_name, "val_loss", "answer_loss", "reward_mean")})
-            wall_time += time.perf_counter() - started  # the step and its evaluation
+            progress.wall_time += time.perf_counter() - started  # the step and its evaluation
             bar.update(1)
             if saves:
-                run.save(stage, step, False, optimizer, last_eval, {"wall_time": wall_time, "stage_state": state})
-                saved_step = step
-    return last_eval, wall_time
+                _save(run, stage, step, optimizer, progress, state)
+                progress.saved_step = step
+    return progress.last_eval, progress.wall_time

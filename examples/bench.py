@@ -58,7 +58,8 @@ def default_setup():
     """The embedded corpus, its vocabulary and the default model configuration."""
     from minigpt_np.config import GPTConfig
     from minigpt_np.train.data import load_corpus, load_sft_pairs
-    from minigpt_np.train.pipeline import build_tokenizer, settings_for
+    from minigpt_np.train.pipeline import build_tokenizer
+    from minigpt_np.train.settings import settings_for
     corpus = load_corpus("embedded")
     tokenizer = build_tokenizer(corpus, load_sft_pairs())
     s = settings_for("seed")
@@ -134,7 +135,8 @@ def _timed(fn):
 def rl_worker(backend_name, device, steps, kernels="fast"):
     from minigpt_np.train.backend import get_backend
     from minigpt_np.train.checkpoint import save_checkpoint
-    from minigpt_np.train.pipeline import rl_from_checkpoint, settings_for
+    from minigpt_np.train.pipeline import rl_from_checkpoint
+    from minigpt_np.train.settings import settings_for
     _, tokenizer, config = default_setup()
     with tempfile.TemporaryDirectory() as folder:
         backend = get_backend(backend_name, device)
@@ -151,7 +153,8 @@ def rl_worker(backend_name, device, steps, kernels="fast"):
 
 
 def pipeline_worker(backend_name, device, scale):
-    from minigpt_np.train.pipeline import run_pipeline, settings_for
+    from minigpt_np.train.pipeline import run_pipeline
+    from minigpt_np.train.settings import settings_for
     base = settings_for("seed")
     steps = {f"{stage}_steps": max(1, round(getattr(base, f"{stage}_steps") * scale)) for stage in ("pretrain", "sft", "rl")}
     with tempfile.TemporaryDirectory() as folder:

@@ -41,7 +41,8 @@ def rl_worker(device, steps):
     from minigpt_np.model import TinyGPT
     from minigpt_np.train.backend import get_backend
     from minigpt_np.train.checkpoint import save_checkpoint
-    from minigpt_np.train.pipeline import rl_from_checkpoint, settings_for
+    from minigpt_np.train.pipeline import rl_from_checkpoint
+    from minigpt_np.train.settings import settings_for
     from bench import default_setup
 
     _, tokenizer, config = default_setup()

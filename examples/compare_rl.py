@@ -38,7 +38,8 @@ import numpy as np
 
 from minigpt_np.train import best_of_n
 from minigpt_np.train.checkpoint import CheckpointError, load_checkpoint
-from minigpt_np.train.pipeline import RL_INSTRUCTION, backend_for, rl_from_checkpoint, settings_for
+from minigpt_np.train.pipeline import RL_INSTRUCTION, rl_from_checkpoint
+from minigpt_np.train.settings import backend_for, settings_for
 from minigpt_np.train.rewards import REWARDS, score
 from minigpt_np.train.evaluation import sample_answers, sample_metrics
 from minigpt_np.train.rl import ADVANTAGES

@@ -17,7 +17,8 @@ import sys
 import textwrap
 
 from minigpt_np.train.checkpoint import CheckpointWriteError
-from minigpt_np.train.pipeline import PRESETS, PipelineSettings, run_pipeline, settings_for
+from minigpt_np.train.pipeline import run_pipeline
+from minigpt_np.train.settings import PRESETS, PipelineSettings, settings_for
 from minigpt_np.train.report import SHORT_COLUMNS, stage_problems, summary_rows, text_table
 from minigpt_np.train.runner import StageInterrupted, TrainingDiverged
 from minigpt_np.train.validation import OneLineParser

@@ -8,7 +8,8 @@ import pytest
 from minigpt_np.train.backend import NumpyBackend
 from minigpt_np.train.sampling import top_k_mask
 from minigpt_np.train.data import IGNORE
-from minigpt_np.train.pipeline import run_pipeline, settings_for
+from minigpt_np.train.pipeline import run_pipeline
+from minigpt_np.train.settings import settings_for
 from minigpt_np.train.rl import ADVANTAGES, advantages, policy_windows
 from minigpt_np.train.sampling import generate
 from minigpt_torch.backend import TorchBackend

@@ -219,7 +219,8 @@ def test_what_cannot_run_on_two_ranks_is_refused_with_one_line(tmp_path, extra, 
 
 
 def test_the_world_size_check_names_the_setting_that_does_not_split():
-    from minigpt_np.train.pipeline import check_world_size, settings_for
+    from minigpt_np.train.pipeline import check_world_size
+    from minigpt_np.train.settings import settings_for
 
     class FourRanks:
         world_size = 4

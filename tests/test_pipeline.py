@@ -11,7 +11,8 @@ from safetensors.numpy import load_file
 
 from minigpt_np.train import backend as backend_module
 from minigpt_np.train.checkpoint import load_checkpoint
-from minigpt_np.train.pipeline import RunFolderError, run_pipeline, settings_for
+from minigpt_np.train.pipeline import run_pipeline
+from minigpt_np.train.settings import RunFolderError, settings_for
 from minigpt_np.train.readability import answer_readability
 from minigpt_np.train.rewards import guarded_reward, original_reward
 from minigpt_np.train.runner import StageInterrupted, TrainingDiverged
@@ -521,7 +522,7 @@ def test_resuming_a_run_saved_before_a_setting_existed_compares_with_what_that_r
     (split) would change what it computes, so it is refused, naming the setting."""
     import dataclasses
 
-    from minigpt_np.train.pipeline import RunFolderError, _prepare_folder
+    from minigpt_np.train.settings import RunFolderError, _prepare_folder
 
     folder = tmp_path / "old"
     folder.mkdir()

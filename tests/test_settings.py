@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minigpt_np.train.pipeline import PipelineSettings
+from minigpt_np.train.settings import PipelineSettings
 
 from .conftest import TINY, flags, load_cli
 

@@ -58,7 +58,7 @@ KEPT_STEPS = 20  # rl/samples.jsonl keeps every answer of the stage's last KEPT_
 @dataclass(kw_only=True)
 class RLSettings:
     """What one RL step does; every field named (the run's values come from its PipelineSettings, through
-    ``pipeline.rl_settings``; ``RLSettings.plain`` is the textbook method, for experiments and tests)."""
+    ``settings.rl_settings``; ``RLSettings.plain`` is the textbook method, for experiments and tests)."""
     samples_per_prompt: int  # G
     prompts_per_step: int  # P
     advantage: str  # one of ADVANTAGES

@@ -94,6 +94,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         result = WORKERS[args.worker](**json.loads(args.worker_args))
+        from minigpt_np.train.backend import leave_ranks
+        leave_ranks()
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(result), flush=True)
         return 0

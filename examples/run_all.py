@@ -17,6 +17,7 @@ import sys
 import textwrap
 
 from minigpt_np.train.checkpoint import CheckpointWriteError
+from minigpt_np.train.backend import leave_ranks
 from minigpt_np.train.pipeline import run_pipeline
 from minigpt_np.train.settings import PRESETS, PipelineSettings, settings_for
 from minigpt_np.train.report import SHORT_COLUMNS, stage_problems, summary_rows, text_table
@@ -41,16 +42,6 @@ def build_parser():
                                                                else spec.type.__name__, str)
             parser.add_argument(flag, type=kind, default=None, choices=spec.metadata.get("choices"), help=help_text)
     return parser
-
-
-def leave_ranks():
-    """Under torchrun: close this rank's process group while the interpreter is whole. Left open, gloo's
-    threads can abort the process at exit ("terminate called without an active exception"). Called only
-    where every rank stops together; a rank whose partner died just exits."""
-    distributed = sys.modules.get("torch.distributed")  # imported by the torch backend only
-    if distributed is not None and distributed.is_available() and distributed.is_initialized():
-        distributed.barrier()  # no rank closes its connections while another still sends on them
-        distributed.destroy_process_group()
 
 
 def main(argv=None):

@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import importlib
 import os
+import sys
 
 import numpy as np
 
@@ -129,6 +130,17 @@ class Backend:
 
     def load_optimizer_state(self, model, optimizer, arrays, steps):
         raise NotImplementedError
+
+
+def leave_ranks():
+    """Under torchrun: close this rank's process group (opened by the torch backend) while the interpreter is
+    whole. Left open, gloo's threads can abort the process at exit ("terminate called without an active
+    exception"). Call it only where every rank stops together; a rank whose partner died just exits.
+    Nothing to do in one process."""
+    distributed = sys.modules.get("torch.distributed")  # imported by the torch backend only
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.barrier()  # no rank closes its connections while another still sends on them
+        distributed.destroy_process_group()
 
 
 def keep_freed_memory():

@@ -6,6 +6,7 @@
     python examples/bench.py --pipeline numpy      # adds a whole seed-preset pipeline run (wall, memory)
     python examples/bench.py --kernels plain       # the numpy backend on its plain ops (functional.py)
     python examples/bench.py --ablate --no-rl      # what each fast twin saves: the fast step with one plain op
+    python examples/bench.py --markdown bench.json # the tables of docs/speed.md from a --json file
 
 What is measured (default model: batch 32, context 64, d_model 128, 2 layers, 4 heads, dropout 0.1,
 the embedded vocabulary):
@@ -258,7 +259,7 @@ def machine():
             f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
 
-def main(argv=None):
+def parse_args(argv):
     from minigpt_np.train.validation import OneLineParser, Range, check_values, count
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30,
@@ -280,26 +281,30 @@ def main(argv=None):
     parser.add_argument("--ablate", action="store_true",
                         help="also measure what each fast twin saves (the float32 step with that op plain)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--markdown", type=Path, metavar="JSON",
+                        help="measure nothing: print the markdown tables of docs/speed.md from a --json file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-args", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        print(json.dumps(WORKERS[args.worker](**json.loads(args.worker_args))))
-        return
     try:
         check_values(vars(args), {"steps": count(1, 10**5), "warmup": count(0, 10**5), "rl_steps": count(1, 10**4),
                                   "rounds": count(1, 100), "large_batch": count(1, 65536),
                                   "pipeline_scale": Range(float, 0.0, 100.0, low_open=True)})
+        if args.markdown and not args.markdown.is_file():
+            raise ValueError(f"--markdown: {args.markdown} is not a file")
     except ValueError as error:
         parser.error(str(error))
-    if args.device != "cpu":  # a device that is not there: say so now, not after the CPU measurements
+    if args.device != "cpu" and not args.worker and not args.markdown:  # a device that is not there: say so now
         from minigpt_np.train.backend import get_backend
         try:
             get_backend("torch", args.device)
         except ValueError as error:
             parser.error(str(error))
+    return args
 
-    print(f"machine: {machine()}")
+
+def plan_for(args):
+    """name -> (worker, its arguments) of every measurement taken in rounds."""
     common = dict(device="cpu", batch=BATCH, steps=args.steps, warmup=args.warmup)
     form = "" if args.kernels == "fast" else "_plain"
     plan = {"matmul": ("matmul", dict(batch=BATCH)),
@@ -318,58 +323,110 @@ def main(argv=None):
         for name, backend_name, device, kernels in runs:
             plan[f"rl_{name}"] = ("rl", dict(backend_name=backend_name, device=device, steps=args.rl_steps,
                                              kernels=kernels))
-    measured = in_rounds(plan, args.rounds)
+    return plan
+
+
+def measure(args):
+    """Every measurement the settings ask for; returns what --json writes."""
+    measured = in_rounds(plan_for(args), args.rounds)
     matmul = measured.pop("matmul")
     rl = {name[len("rl_"):]: figures for name, figures in measured.items() if name.startswith("rl_")}
     train = {name: figures for name, figures in measured.items() if not name.startswith("rl_")}
     pipelines = {name: run_worker("pipeline", backend_name=name, device="cpu" if name == "numpy" else args.device,
                                   scale=args.pipeline_scale) for name in args.pipeline}
+    ablation = run_worker("ablation", batch=BATCH, steps=args.steps, warmup=args.warmup) if args.ablate else None
+    return {"train_step_ms": {k: v["ms"] for k, v in train.items()},
+            "rl_step_ms": {k: v["ms"] for k, v in rl.items()},
+            "matmul_peak_gflops": matmul["gflops"], "step_gflop": train["torch"]["step_gflop"],
+            "peak_rss_mb": {**{f"train_{k}": v["peak_rss_mb"] for k, v in train.items()},
+                            **{f"rl_{k}": v["peak_rss_mb"] for k, v in rl.items()},
+                            **{f"pipeline_{k}": v["peak_rss_mb"] for k, v in pipelines.items()}},
+            "pipeline_wall_s": {k: v["wall_s"] for k, v in pipelines.items()}, "ablation": ablation,
+            "device": args.device, "kernels": args.kernels, "machine": machine(), "rounds": args.rounds,
+            "steps": args.steps, "details": {"matmul": matmul, "train": train, "rl": rl, "pipeline": pipelines}}
 
-    peak = matmul["gflops"]
-    print(f"numpy float32 matmul peak at the model's shapes: {peak:.1f} GFLOP/s; "
-          f"one training step (batch {BATCH}): {train['torch']['step_gflop']:.2f} GFLOP")
-    print(f"\n{'training step':<26}{'ms':>9}{'tokens/s':>11}{'GFLOP/s':>9}{'of peak':>9}{'peak MB':>9}")
+
+def text_report(result):
+    """What bench.py prints after measuring: the training steps, the ablation, the RL steps, the pipelines."""
+    train, rl, peak = result["details"]["train"], result["details"]["rl"], result["matmul_peak_gflops"]
+    form = "" if result["kernels"] == "fast" else "_plain"
+    lines = [f"numpy float32 matmul peak at the model's shapes: {peak:.1f} GFLOP/s; "
+             f"one training step (batch {BATCH}): {result['step_gflop']:.2f} GFLOP",
+             f"\n{'training step':<26}{'ms':>9}{'tokens/s':>11}{'GFLOP/s':>9}{'of peak':>9}{'peak MB':>9}"]
     for name, figures in train.items():
         gflops = figures["step_gflop"] / (figures["ms"] / 1000)
-        print(f"{name:<26}{figures['ms']:>9.1f}{figures['tokens_per_s']:>11.0f}{gflops:>9.1f}"
-              f"{gflops / peak:>9.0%}{figures['peak_rss_mb']:>9.0f}")
+        lines.append(f"{name:<26}{figures['ms']:>9.1f}{figures['tokens_per_s']:>11.0f}{gflops:>9.1f}"
+                     f"{gflops / peak:>9.0%}{figures['peak_rss_mb']:>9.0f}")
     numpy32 = train[f"numpy{form}_float32"]
-    ratio = numpy32["ms"] / train["torch"]["ms"]
-    share = numpy32["step_gflop"] / (numpy32["ms"] / 1000) / peak
-    print(f"numpy{form} float32 / torch step time: {ratio:.2f}; round by round: "
-          f"{paired_ratios(numpy32, train['torch'])}; numpy{form} float32 share of the matmul peak: {share:.0%}")
-    if args.ablate:
-        ablation = run_worker("ablation", batch=BATCH, steps=args.steps, warmup=args.warmup)
-        print(f"\nwhat each fast twin saves: the numpy float32 step (all fast: {ablation['fast_ms']:.1f} ms) with that op "
-              f"plain, minus the all-fast step before it (median of {args.steps} pairs, interleaved in one process):")
-        print(f"{'plain op':<14}{'saved ms':>10}{'of the step':>13}   quartiles of the pairs (ms)")
+    lines.append(f"numpy{form} float32 / torch step time: {numpy32['ms'] / train['torch']['ms']:.2f}; round by round: "
+                 f"{paired_ratios(numpy32, train['torch'])}; numpy{form} float32 share of the matmul peak: "
+                 f"{numpy32['step_gflop'] / (numpy32['ms'] / 1000) / peak:.0%}")
+    ablation = result["ablation"]
+    if ablation:
+        lines += [f"\nwhat each fast twin saves: the numpy float32 step (all fast: {ablation['fast_ms']:.1f} ms) with "
+                  f"that op plain, minus the all-fast step before it (median of {result['steps']} pairs, interleaved "
+                  "in one process):", f"{'plain op':<14}{'saved ms':>10}{'of the step':>13}   quartiles of the pairs (ms)"]
         for name, saved in ablation["saved_ms"].items():
             low, high = ablation["saved_ms_quartiles"][name]
-            print(f"{name:<14}{saved:>10.1f}{saved / ablation['fast_ms']:>13.0%}   {low:.1f} .. {high:.1f}")
+            lines.append(f"{name:<14}{saved:>10.1f}{saved / ablation['fast_ms']:>13.0%}   {low:.1f} .. {high:.1f}")
     if rl:
         first = next(iter(rl.values()))
-        print(f"\n{'RL step':<22}{'ms':>9}{'peak MB':>9}{'answer chars':>14}   ({first['prompts']} prompt x "
-              f"{first['samples']} samples, answers up to {first['max_new_tokens']} characters)")
-        for name, figures in rl.items():
-            print(f"{name:<22}{figures['ms']:>9.0f}{figures['peak_rss_mb']:>9.0f}{figures['answer_chars']:>14.1f}")
-        print(f"numpy{form} / torch RL step time: {rl[f'numpy{form}']['ms'] / rl['torch']['ms']:.2f}; "
-              f"round by round: {paired_ratios(rl[f'numpy{form}'], rl['torch'])}")
-    for name, figures in pipelines.items():
+        lines.append(f"\n{'RL step':<22}{'ms':>9}{'peak MB':>9}{'answer chars':>14}   ({first['prompts']} prompt x "
+                     f"{first['samples']} samples, answers up to {first['max_new_tokens']} characters)")
+        lines += [f"{name:<22}{figures['ms']:>9.0f}{figures['peak_rss_mb']:>9.0f}{figures['answer_chars']:>14.1f}"
+                  for name, figures in rl.items()]
+        lines.append(f"numpy{form} / torch RL step time: {rl[f'numpy{form}']['ms'] / rl['torch']['ms']:.2f}; "
+                     f"round by round: {paired_ratios(rl[f'numpy{form}'], rl['torch'])}")
+    for name, figures in result["details"]["pipeline"].items():
         stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in figures["stage_s"].items())
-        print(f"\nseed pipeline, {name} ({figures['steps']}): {figures['wall_s']:.1f} s in all ({stages}); "
-              f"peak memory {figures['peak_rss_mb']:.0f} MB")
+        lines.append(f"\nseed pipeline, {name} ({figures['steps']}): {figures['wall_s']:.1f} s in all ({stages}); "
+                     f"peak memory {figures['peak_rss_mb']:.0f} MB")
+    return lines
 
+
+def markdown_report(result):
+    """The tables of docs/speed.md, from one --json file: the training step, the RL step, what each fast
+    twin saves (with --ablate), and the machine they were measured on."""
+    train, rl, peak = result["details"]["train"], result["details"]["rl"], result["matmul_peak_gflops"]
+    lines = [f"Measured on: {result['machine']}; {result['rounds']} rounds, interleaved, the median round.", "",
+             "| training step (batch 32) | ms | tokens/s | GFLOP/s | share of the matmul peak | peak MB | ms by round |",
+             "|---|---|---|---|---|---|---|"]
+    for name, figures in train.items():
+        gflops = figures["step_gflop"] / (figures["ms"] / 1000)
+        lines.append(f"| {name} | {figures['ms']:.1f} | {figures['tokens_per_s']:.0f} | {gflops:.1f} | "
+                     f"{gflops / peak:.0%} | {figures['peak_rss_mb']:.0f} | "
+                     f"{', '.join(f'{ms:.1f}' for ms in figures['rounds_ms'])} |")
+    lines += ["", f"The matmul peak: {peak:.0f} GFLOP/s (numpy float32 at the model's shapes); one step: "
+              f"{result['step_gflop']:.2f} GFLOP."]
+    if rl:
+        first = next(iter(rl.values()))
+        lines += ["", f"| RL step ({first['prompts']} prompt x {first['samples']} samples, up to "
+                  f"{first['max_new_tokens']} characters) | ms | peak MB | mean answer length | ms by round |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {name} | {figures['ms']:.0f} | {figures['peak_rss_mb']:.0f} | {figures['answer_chars']:.1f} | "
+                  f"{', '.join(f'{ms:.0f}' for ms in figures['rounds_ms'])} |" for name, figures in rl.items()]
+    ablation = result["ablation"]
+    if ablation:
+        lines += ["", f"| op in its plain form (all fast: {ablation['fast_ms']:.1f} ms) | saved ms (median of "
+                  f"{result['steps']} pairs) | share of the step | quartiles (ms) |", "|---|---|---|---|"]
+        lines += [f"| {name} | {saved:+.1f} | {saved / ablation['fast_ms']:.0%} | "
+                  f"{ablation['saved_ms_quartiles'][name][0]:.1f} .. {ablation['saved_ms_quartiles'][name][1]:.1f} |"
+                  for name, saved in ablation["saved_ms"].items()]
+    return lines
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](**json.loads(args.worker_args))))
+        return
+    if args.markdown:
+        print("\n".join(markdown_report(json.loads(args.markdown.read_text()))))
+        return
+    print(f"machine: {machine()}")
+    result = measure(args)
+    print("\n".join(text_report(result)))
     if args.json:
-        result = {"train_step_ms": {k: v["ms"] for k, v in train.items()},
-                  "rl_step_ms": {k: v["ms"] for k, v in rl.items()},
-                  "matmul_peak_gflops": peak, "step_gflop": train["torch"]["step_gflop"],
-                  "peak_rss_mb": {**{f"train_{k}": v["peak_rss_mb"] for k, v in train.items()},
-                                  **{f"rl_{k}": v["peak_rss_mb"] for k, v in rl.items()},
-                                  **{f"pipeline_{k}": v["peak_rss_mb"] for k, v in pipelines.items()}},
-                  "pipeline_wall_s": {k: v["wall_s"] for k, v in pipelines.items()},
-                  "ablation": ablation if args.ablate else None,
-                  "device": args.device, "kernels": args.kernels, "machine": machine(), "details": {"matmul": matmul, "train": train,
-                                                                          "rl": rl, "pipeline": pipelines}}
         args.json.write_text(json.dumps(result, indent=1))
         print(f"\nwritten: {args.json}")
 

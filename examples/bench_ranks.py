@@ -75,9 +75,8 @@ def measure(kind, ranks, threads, **kwargs):
     return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
 
 
-def main(argv=None):
-    from minigpt_np.train.validation import OneLineParser, check_values, count
-
+def parse_args(argv):
+    from minigpt_np.train.validation import OneLineParser
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="rank counts (default 1 2)")
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 256], help="global batches (default 32 256)")
@@ -91,32 +90,29 @@ def main(argv=None):
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-args", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        result = WORKERS[args.worker](**json.loads(args.worker_args))
-        from minigpt_np.train.backend import leave_ranks
-        leave_ranks()
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(json.dumps(result), flush=True)
-        return 0
-    try:
-        check_values(vars(args), {"ranks": count(1, 1024), "batches": count(1, 65536), "threads": count(1, 1024),
-                                  "steps": count(1, 10**5), "warmup": count(0, 10**5), "rl_steps": count(0, 10**4),
-                                  "rounds": count(1, 100)})
-        for batch in args.batches:
-            for ranks in args.ranks:
-                if batch % ranks:
-                    raise ValueError(f"--batches: {batch} does not split evenly over {ranks} ranks")
-        if args.rl_steps and any(16 % ranks for ranks in args.ranks):
-            raise ValueError("--ranks: the RL step's 16 samples must split evenly over every rank count (or --rl-steps 0)")
-        if args.device != "cpu":
-            from minigpt_np.train.backend import get_backend
-            get_backend("torch", args.device)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return parser.parse_args(argv)
 
-    plan = {}  # name -> (kind, ranks, threads, worker arguments)
+
+def check(args):
+    """Refuse settings that cannot be measured (ValueError, one line)."""
+    from minigpt_np.train.validation import check_values, count
+    check_values(vars(args), {"ranks": count(1, 1024), "batches": count(1, 65536), "threads": count(1, 1024),
+                              "steps": count(1, 10**5), "warmup": count(0, 10**5), "rl_steps": count(0, 10**4),
+                              "rounds": count(1, 100)})
+    for batch in args.batches:
+        for ranks in args.ranks:
+            if batch % ranks:
+                raise ValueError(f"--batches: {batch} does not split evenly over {ranks} ranks")
+    if args.rl_steps and any(16 % ranks for ranks in args.ranks):
+        raise ValueError("--ranks: the RL step's 16 samples must split evenly over every rank count (or --rl-steps 0)")
+    if args.device != "cpu":
+        from minigpt_np.train.backend import get_backend
+        get_backend("torch", args.device)
+
+
+def plan_for(args):
+    """(kind, batch, compile, ranks, threads) -> (kind, ranks, threads, worker arguments) of every figure."""
+    plan = {}
     configurations = [(ranks, args.threads) for ranks in args.ranks]
     if args.device == "cpu" and 1 in args.ranks and max(args.ranks) * args.threads > args.threads:
         configurations.append((1, max(args.ranks) * args.threads))  # one process on all the ranks' threads
@@ -129,6 +125,39 @@ def main(argv=None):
         for ranks, threads in configurations:
             plan[("rl", 16, False, ranks, threads)] = ("rl", ranks, threads, dict(
                 device=args.device, steps=args.rl_steps))
+    return plan
+
+
+def table_rows(rounds, threads):
+    """One row per figure: the median round, and the speed-up over one rank at ``threads`` threads."""
+    table = []
+    for name, results in rounds.items():
+        kind, batch, compile, ranks, row_threads = name
+        base = rounds.get((kind, batch, compile, 1, threads))
+        speedups = [b["ms"] / r["ms"] for b, r in zip(base, results)] if base else []
+        tokens = float(np.median([r["tokens_per_s"] for r in results])) if kind == "train" else None
+        table.append(dict(step=kind, batch=batch, compile=compile, ranks=ranks, threads=row_threads,
+                          ms=float(np.median([r["ms"] for r in results])), tokens_per_s=tokens,
+                          speedup=float(np.median(speedups)) if speedups else None,
+                          speedups=speedups, rounds_ms=[r["ms"] for r in results]))
+    return table
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        result = WORKERS[args.worker](**json.loads(args.worker_args))
+        from minigpt_np.train.backend import leave_ranks
+        leave_ranks()
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(json.dumps(result), flush=True)
+        return 0
+    try:
+        check(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    plan = plan_for(args)
     rounds = {name: [] for name in plan}
     started = time.perf_counter()
     for _ in range(args.rounds):
@@ -140,19 +169,11 @@ def main(argv=None):
           + f"; {args.rounds} rounds in {time.perf_counter() - started:.0f} s")
     print(f"\n{'step':<8}{'batch':>6}{'compile':>8}{'ranks':>6}{'threads':>8}{'ms':>9}{'tokens/s':>11}"
           f"{'speed-up':>10}   round by round")
-    table = []
-    for name, results in rounds.items():
-        kind, batch, compile, ranks, threads = name
-        ms = float(np.median([r["ms"] for r in results]))
-        base = rounds.get((kind, batch, compile, 1, args.threads))
-        speedups = [b["ms"] / r["ms"] for b, r in zip(base, results)] if base else []
-        tokens = float(np.median([r["tokens_per_s"] for r in results])) if kind == "train" else None
-        table.append(dict(step=kind, batch=batch, compile=compile, ranks=ranks, threads=threads, ms=ms,
-                          tokens_per_s=tokens, speedup=float(np.median(speedups)) if speedups else None,
-                          rounds_ms=[r["ms"] for r in results]))
-        print(f"{kind:<8}{batch:>6}{'yes' if compile else 'no':>8}{ranks:>6}{threads:>8}{ms:>9.1f}"
-              f"{tokens if tokens else float('nan'):>11.0f}{np.median(speedups) if speedups else float('nan'):>10.2f}   "
-              + ", ".join(f"{s:.2f}" for s in speedups))
+    table = table_rows(rounds, args.threads)
+    for row in table:
+        print(f"{row['step']:<8}{row['batch']:>6}{'yes' if row['compile'] else 'no':>8}{row['ranks']:>6}"
+              f"{row['threads']:>8}{row['ms']:>9.1f}{row['tokens_per_s'] or float('nan'):>11.0f}"
+              f"{row['speedup'] or float('nan'):>10.2f}   " + ", ".join(f"{s:.2f}" for s in row.pop("speedups")))
     if args.json:
         args.json.write_text(json.dumps({"device": args.device, "rows": table}, indent=1))
         print(f"\nwritten: {args.json}")

@@ -331,6 +331,10 @@ def test_bench_prints_the_table_and_writes_the_json(tmp_path, capsys):
     assert all(value > 0 for value in figures), figures
     assert result["device"] == "cpu"
     assert all(v["answer_chars"] > 0 for v in result["details"]["rl"].values())
+    bench.main(["--markdown", str(out)])  # docs/speed.md's tables, from the JSON alone
+    tables = capsys.readouterr().out
+    assert all(f"| {name} | {ms:.1f} |" in tables for name, ms in result["train_step_ms"].items()), tables
+    assert all(f"| {name} | {ms:.0f} |" in tables for name, ms in result["rl_step_ms"].items()), tables
 
 
 def test_bench_refuses_a_missing_gpu_before_measuring(capsys):

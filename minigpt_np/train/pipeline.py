@@ -49,47 +49,54 @@ def check_world_size(settings, backend):
                          f"over {W} ranks")
 
 
-def run_pipeline(settings, notify=print):
-    """Pretraining, SFT and RL one after the other; returns the summary of each stage."""
-    backend = backend_for(settings)
-    check_world_size(settings, backend)
-    reward_fn = load_reward(settings.reward)
+@dataclasses.dataclass
+class PipelineData:
+    """What the stages train and are measured on, read and encoded once."""
+    corpus: object  # data.Corpus: the three splits' text, their sources, notices
+    tokens: dict  # split -> (n,) token ids of the corpus
+    train_pairs: list  # SFT (instruction, answer) pairs trained on
+    held_out_pairs: list  # and held out (answer loss, format rate, held-out rewards)
+    report_prompts: list  # prompts sampled after every stage for the report
+    tokenizer: CharTokenizer
+    config: GPTConfig
+
+
+def load_data(settings, notify):
+    """The corpus, the SFT pairs, one vocabulary for every stage, and the model's shape."""
     corpus = load_corpus(settings.data, settings.data_dir or None, settings.train_file or None,
                          settings.validation_file or None, settings.test_file or None)
     for notice in corpus.notices:
         notify(f"notice: {notice}")
     pairs = load_sft_pairs(settings.sft_file or None)
     train_pairs, held_out_pairs = split_pairs(pairs)
-    rl_prompts = [RL_INSTRUCTION]
-    held_out_prompts = [instruction for instruction, _ in held_out_pairs]
     rl_settings(settings)  # a bad RL setting is reported now, not after pretraining
+    held_out_prompts = [instruction for instruction, _ in held_out_pairs]
     report_prompts = [TEXT_PROMPT] + [format_prompt(i) for i in [RL_INSTRUCTION] + held_out_prompts[:2]]
     tokenizer = build_tokenizer(corpus, pairs, report_prompts)
     config = GPTConfig(vocab_size=tokenizer.vocab_size, d_model=settings.d_model, n_layers=settings.n_layers,
                        n_heads=settings.n_heads, context_length=settings.context_length,
                        dropout=settings.dropout, dtype=settings.dtype)
     check_corpus(corpus, config.context_length)
-
-    run = _new_run(settings, backend, config, tokenizer, notify)
-    folder = run.folder
     tokens = {split: tokenizer.encode(getattr(corpus, split)) for split in ("train", "validation", "test")}
+    return PipelineData(corpus, tokens, train_pairs, held_out_pairs, report_prompts, tokenizer, config)
 
+
+def run_pipeline(settings, notify=print):
+    """Pretraining, SFT and RL one after the other; returns (the summary of each stage, the run folder).
+    With settings.resume, a stage already complete in the folder is loaded instead of trained."""
+    backend = backend_for(settings)
+    check_world_size(settings, backend)
+    reward_fn = load_reward(settings.reward)
+    data = load_data(settings, notify)
+    run = _new_run(settings, backend, data.config, data.tokenizer, notify)
+    held_out_prompts = [instruction for instruction, _ in data.held_out_pairs]
     stage_calls = {
-        "pretrain": lambda s: pretrain(run, s, tokens["train"], tokens["validation"], settings.eval_windows),
-        "sft": lambda s: sft(run, s, train_pairs, held_out_pairs, settings.sft_answer_chars or None),
-        "rl": lambda s: reinforce(run, s, rl_settings(settings), rl_prompts, reward_fn, held_out_prompts,
+        "pretrain": lambda s: pretrain(run, s, data.tokens["train"], data.tokens["validation"], settings.eval_windows),
+        "sft": lambda s: sft(run, s, data.train_pairs, data.held_out_pairs, settings.sft_answer_chars or None),
+        "rl": lambda s: reinforce(run, s, rl_settings(settings), [RL_INSTRUCTION], reward_fn, held_out_prompts,
                                   reference_weights=backend.state_dict(run.model)),
     }
-    context = {
-        "settings": dataclasses.asdict(settings), "config": config.to_dict(), "corpus": corpus.name,
-        "sources": corpus.sources, "notices": corpus.notices, "vocab_size": tokenizer.vocab_size,
-        "characters": {split: len(t) for split, t in tokens.items()},
-        "sft_pairs": {"train": len(train_pairs), "held_out": len(held_out_pairs),
-                      "file": settings.sft_file or "built-in"},
-        "rl_prompt": format_prompt(RL_INSTRUCTION), "backend": backend.name, "device": backend.device,
-        "machine": f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}",
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
+    context = _report_context(settings, data, backend)
     summaries = {}
     for stage in STAGES:
         checkpoint = run.stage_checkpoint(stage) if settings.resume else None
@@ -99,31 +106,51 @@ def run_pipeline(settings, notify=print):
             notify(f"{stage}: already complete in {run.stage_folder(stage)}, skipped")
             continue
         _, wall_time = stage_calls[stage](_stage_settings(settings, stage))
-        summaries[stage] = _finish_stage(run, stage, settings, wall_time, tokens, held_out_pairs, rl_prompts,
-                                         report_prompts, reward_fn)
+        summaries[stage] = _finish_stage(run, stage, settings, wall_time, data, reward_fn)
         if run.writes:
-            write_plots(folder, run.metrics)
-            write_report(folder, context, summaries, run.metrics)
-    return summaries, folder
+            write_plots(run.folder, run.metrics)
+            write_report(run.folder, context, summaries, run.metrics)
+    return summaries, run.folder
 
 
-def _finish_stage(run, stage, settings, wall_time, tokens, held_out_pairs, rl_prompts, report_prompts, reward_fn):
+def _report_context(settings, data, backend):
+    """What the report says about the run besides its metrics."""
+    return {
+        "settings": dataclasses.asdict(settings), "config": data.config.to_dict(), "corpus": data.corpus.name,
+        "sources": data.corpus.sources, "notices": data.corpus.notices, "vocab_size": data.tokenizer.vocab_size,
+        "characters": {split: len(t) for split, t in data.tokens.items()},
+        "sft_pairs": {"train": len(data.train_pairs), "held_out": len(data.held_out_pairs),
+                      "file": settings.sft_file or "built-in"},
+        "rl_prompt": format_prompt(RL_INSTRUCTION), "backend": backend.name, "device": backend.device,
+        "machine": f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _finish_stage(run, stage, settings, wall_time, data, reward_fn):
     """After a stage: the same metrics for every stage (logged as its summary), the final policy's answers
     (RL), the report's samples, and the complete checkpoint. Returns the checkpoint's record."""
     run.backend.set_training(run.model, False)
-    metrics, final_samples = stage_metrics(run, stage, tokens, settings, held_out_pairs, rl_prompts, reward_fn)
+    metrics, final_samples = stage_metrics(run, stage, data.tokens, settings, data.held_out_pairs, [RL_INSTRUCTION],
+                                           reward_fn)
     flat_groups = run.metrics.series(stage, "zero_std_frac")[1]  # RL: groups whose answers all scored alike
     if flat_groups:
         metrics["flat_group_share"] = float(np.mean(flat_groups))
     steps = getattr(settings, f"{stage}_steps")
-    run.metrics.log(stage, steps, summary=True, **metrics)
-    if stage == "rl":
-        keep_final_samples(run, steps, final_samples)
-    samples = report_samples(run, settings.seed, report_prompts, reward_fn)
+    _log_summary(run, stage, steps, metrics, final_samples)
+    samples = report_samples(run, settings.seed, data.report_prompts, reward_fn)
     run.save(stage, steps, True, metrics=metrics,
              extra={"wall_time": wall_time, "samples": samples, "final_samples": final_samples,
                     "train_loss": run.metrics.last(stage, "train_loss")})
     return run.stage_checkpoint(stage).meta
+
+
+def _log_summary(run, stage, steps, metrics, final_samples):
+    """A stage's closing metrics into metrics.jsonl as its summary; after RL, the final policy's answers
+    into rl/samples.jsonl."""
+    run.metrics.log(stage, steps, summary=True, **metrics)
+    if stage == "rl":
+        keep_final_samples(run, steps, final_samples)
 
 
 def _new_run(settings, backend, config, tokenizer, notify):
@@ -170,8 +197,7 @@ def rl_from_checkpoint(checkpoint_folder, settings, notify=print, evaluate_befor
     backend.set_training(run.model, False)
     final, records = policy_samples(run, RL_INSTRUCTION, reward_fn, FINAL_SAMPLES,
                                     stream(settings.seed, "stage_metrics"))
-    run.metrics.log("rl", settings.rl_steps, summary=True, **final)
-    keep_final_samples(run, settings.rl_steps, records)
+    _log_summary(run, "rl", settings.rl_steps, final, records)
     return run, wall_time, final
 
 

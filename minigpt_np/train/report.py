@@ -100,113 +100,134 @@ def stage_problems(summaries):
     return problems
 
 
+# name: (file, title, y label, the series drawn: (metric, legend label)); the first series decides whether it is drawn.
 PLOTS = {
-    "pretrain": ("pretrain_loss.png", "Pretraining: cross-entropy per character",
+    "pretrain": ("pretrain_loss.png", "Pretraining: cross-entropy per character", "nats per character",
                  (("train_loss", "train"), ("val_loss", "validation"))),
-    "sft": ("sft_loss.png", "SFT: answer-only cross-entropy", (("train_loss", "train"), ("answer_loss", "held-out"))),
-    "rl": ("rl_reward.png", "RL: reward of the step's samples",
+    "sft": ("sft_loss.png", "SFT: answer-only cross-entropy", "nats per character",
+            (("train_loss", "train"), ("answer_loss", "held-out"))),
+    "rl": ("rl_reward.png", "RL: reward of the step's samples", "reward (max 2.0)",
            (("reward_mean", "reward mean"), ("reward/coffee", "coffee"), ("reward/exclamation", "exclamation"),
             ("reward/length", "length"), ("heldout_reward_mean", "held-out prompts"))),
-    "rl_diversity": ("rl_diversity.png", "RL: entropy and diversity of the samples",
+    "rl_diversity": ("rl_diversity.png", "RL: entropy and diversity of the samples", "nats per character, or fraction",
                      (("entropy", "entropy (nats/char)"), ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"),
                       ("unique_frac", "unique answers"), ("kl", "KL to SFT (nats/char)"))),
-    "rl_readability": ("rl_readability.png", "RL: do the answers read as language?",
+    "rl_readability": ("rl_readability.png", "RL: do the answers read as language?", "fraction",
                        (("readable_frac", "readable answers"), ("real_word_rate", "real-word rate"),
                         ("repeat_rate", "repeat rate"))),
 }
 
 
 def write_plots(folder, metrics):
-    """One PNG per stage that has points: losses with validation, or the reward with its std band."""
+    """One PNG per entry of PLOTS that has points, and RL's reward against KL; returns the file names."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    for plot, (filename, title, series) in PLOTS.items():
+    for plot, (filename, title, ylabel, series) in PLOTS.items():
         stage = plot.split("_")[0]
-        if not metrics.series(stage, series[0][0])[0]:
-            continue
-        figure, axes = plt.subplots(figsize=(7, 4))
-        for name, label in series:
-            steps, values = metrics.series(stage, name)
-            if steps:
-                axes.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=label)
-        if plot == "rl":
-            steps, means = metrics.series(stage, "reward_mean")
-            _, stds = metrics.series(stage, "reward_std")
-            if len(stds) == len(means):
-                axes.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                                  alpha=0.2, label="reward ± std")
-            axes.set_ylabel("reward (max 2.0)")
-        elif plot == "rl_diversity":
-            axes.set_ylabel("nats per character, or fraction")
-        elif plot == "rl_readability":
-            axes.set_ylabel("fraction")
-        else:
-            axes.set_ylabel("nats per character")
-        axes.set_xlabel("step")
-        axes.set_title(title)
-        axes.grid(alpha=0.3)
-        axes.legend()
-        figure.tight_layout()
-        figure.savefig(Path(folder) / filename, dpi=100)
-        plt.close(figure)
-        written.append(filename)
+        if metrics.series(stage, series[0][0])[0]:
+            figure, axes = plt.subplots(figsize=(7, 4))
+            for name, label in series:
+                steps, values = metrics.series(stage, name)
+                if steps:
+                    axes.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=label)
+            if plot == "rl":
+                _reward_band(axes, metrics)
+            _finish_figure(plt, figure, axes, Path(folder) / filename, title, "step", ylabel, legend=True)
+            written.append(filename)
     rewards, kls = metrics.series("rl", "reward_mean")[1], metrics.series("rl", "kl")[1]
     if rewards and len(rewards) == len(kls):
         figure, axes = plt.subplots(figsize=(6, 4))
         points = axes.scatter(kls, rewards, c=range(len(kls)), cmap="viridis", s=14)
         figure.colorbar(points, label="RL step")
-        axes.set_xlabel("KL to the SFT policy (nats per character)")
-        axes.set_ylabel("reward mean")
-        axes.set_title("RL: reward against distance from the SFT policy")
-        axes.grid(alpha=0.3)
-        figure.tight_layout()
-        figure.savefig(Path(folder) / "rl_reward_vs_kl.png", dpi=100)
-        plt.close(figure)
+        _finish_figure(plt, figure, axes, Path(folder) / "rl_reward_vs_kl.png",
+                       "RL: reward against distance from the SFT policy", "KL to the SFT policy (nats per character)",
+                       "reward mean")
         written.append("rl_reward_vs_kl.png")
     return written
 
 
+def _reward_band(axes, metrics):
+    """The reward mean ± the step's standard deviation, shaded."""
+    steps, means = metrics.series("rl", "reward_mean")
+    _, stds = metrics.series("rl", "reward_std")
+    if len(stds) == len(means):
+        axes.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                          alpha=0.2, label="reward ± std")
+
+
+def _finish_figure(plt, figure, axes, path, title, xlabel, ylabel, legend=False):
+    axes.set_ylabel(ylabel)
+    axes.set_xlabel(xlabel)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    if legend:
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def write_report(folder, context, summaries, metrics):
+    """report.md: the data, the settings, the stages compared (and any that did not do their job), the
+    plots, reward hacking, and the samples after each stage."""
     folder = Path(folder)
-    settings, config = context["settings"], context["config"]
+    settings = context["settings"]
     lines = [
         f"# minigpt run: {folder.name}", "",
         f"Backend **{context['backend']}** on {context['device']} ({context['machine']}), preset "
         f"`{settings['preset']}`, seed {settings['seed']}, started {context['started']}.", "",
-        "## Data", "",
-        f"Pretraining corpus: **{context['corpus']}**.", "",
     ]
+    lines += _data_section(context) + _settings_section(context) + _stages_section(context, summaries)
+    lines += ["## Plots", ""]
+    lines += [f"![{title}]({filename})" for filename, title, _, _ in PLOTS.values() if (folder / filename).exists()]
+    if (folder / "rl_reward_vs_kl.png").exists():
+        lines.append("![RL: reward against KL](rl_reward_vs_kl.png)")
+    lines += _reward_hacking_section(summaries, metrics) + _samples_section(summaries)
+    (folder / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _data_section(context):
+    """The corpus and its splits, the SFT pairs, the vocabulary, and the RL prompt as the model sees it."""
+    lines = ["## Data", "", f"Pretraining corpus: **{context['corpus']}**.", ""]
     lines += [f"- {split}: {source} ({context['characters'][split]:,} characters)"
               for split, source in context["sources"].items()]
     lines += [f"- notice: {notice}" for notice in context["notices"]]
-    context_length = config["context_length"]
+    context_length = context["config"]["context_length"]
     prompt = context["rl_prompt"]
     seen = prompt if len(prompt) <= context_length else prompt[-context_length:]
-    lines += [
+    return lines + [
         "", f"SFT pairs: {context['sft_pairs']['train']} for training, {context['sft_pairs']['held_out']} held out "
         f"({context['sft_pairs']['file']}). One character vocabulary of {context['vocab_size']} symbols for all stages.",
         "", f"RL prompt ({len(prompt)} characters, context {context_length}): the model sees "
         + ("all of it." if seen == prompt else f"only the last {context_length}:"), "",
         "```", seen, "```", "",
-        "## Model and training", "",
-        "| setting | value |", "|---|---|",
     ]
-    lines += [f"| {k} | {v} |" for k, v in config.items()]
+
+
+def _settings_section(context):
+    settings = context["settings"]
+    lines = ["## Model and training", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in context["config"].items()]
     for key in ("batch_size", "pretrain_steps", "pretrain_lr", "sft_steps", "sft_lr", "sft_answer_chars", "rl_steps",
                 "rl_lr", "weight_decay", "grad_clip", "temperature", "top_k", "rl_samples", "rl_advantage", "reward"):
         lines.append(f"| {key} | {settings[key]} |")
-    lines += ["", "## The stages compared", "",
-              f"Figures after each stage: validation loss on {context['sources'].get('validation', 'the corpus')}, "
-              "answer-only loss and format rate on "
-              f"the held-out pairs; on {FINAL_SAMPLES} samples for the RL prompt, the mean reward (the run's "
-              "reward and its components, then the original and the guarded reward), how much the answers "
-              "read as language (real-word rate, repeat rate, and the readable share: real-word rate >= 0.9 "
-              "and no word more than twice; see readability.py) and the share of distinct answers.", "",
-              markdown_table(summary_rows(summaries)), ""]
+    return lines
+
+
+def _stages_section(context, summaries):
+    """The comparison table, the stages that did not do their job, and the test loss after pretraining."""
+    lines = ["", "## The stages compared", "",
+             f"Figures after each stage: validation loss on {context['sources'].get('validation', 'the corpus')}, "
+             "answer-only loss and format rate on "
+             f"the held-out pairs; on {FINAL_SAMPLES} samples for the RL prompt, the mean reward (the run's "
+             "reward and its components, then the original and the guarded reward), how much the answers "
+             "read as language (real-word rate, repeat rate, and the readable share: real-word rate >= 0.9 "
+             "and no word more than twice; see readability.py) and the share of distinct answers.", "",
+             markdown_table(summary_rows(summaries)), ""]
     problems = stage_problems(summaries)
     if problems:
         lines += ["**Stages that did not do their job:**", ""] + [f"- {problem}" for problem in problems] + [""]
@@ -214,14 +235,13 @@ def write_report(folder, context, summaries, metrics):
     if "test_loss" in pretrain_metrics:
         lines += [f"Test after pretraining: loss {pretrain_metrics['test_loss']:.3f}, "
                   f"{pretrain_metrics['test_bpc']:.3f} bits per character.", ""]
-    lines += ["## Plots", ""]
-    lines += [f"![{title}]({filename})" for filename, title, _ in PLOTS.values() if (folder / filename).exists()]
-    if (folder / "rl_reward_vs_kl.png").exists():
-        lines.append("![RL: reward against KL](rl_reward_vs_kl.png)")
-    lines += _reward_hacking_section(summaries, metrics)
-    lines += ["", "## Samples after each stage", "",
-              "The same prompts and seeds after every stage: two samples at the training temperature, then greedy "
-              "(the reward of each answer to an instruction in brackets).", ""]
+    return lines
+
+
+def _samples_section(summaries):
+    lines = ["", "## Samples after each stage", "",
+             "The same prompts and seeds after every stage: two samples at the training temperature, then greedy "
+             "(the reward of each answer to an instruction in brackets).", ""]
     for stage, summary in summaries.items():
         lines += [f"### after {stage}", "", "| prompt | how | answer | reward |", "|---|---|---|---|"]
         for sample in summary.get("samples", []):
@@ -231,7 +251,7 @@ def write_report(folder, context, summaries, metrics):
                 lines.append(f"| `{_one_line(sample['prompt'])[-40:]}` | {how} | `{_one_line(text)}` | "
                              f"{_format(reward)} |")
         lines.append("")
-    (folder / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return lines
 
 
 def _reward_hacking_section(summaries, metrics):

@@ -153,7 +153,8 @@ def accumulate_policy_gradient(backend, model, batches, reference_logits, sample
     """The REINFORCE loss of the module docstring, its gradient added to the parameters piece by piece.
 
     batches: ``policy_windows`` pieces; reference_logits: the frozen model's logits on each piece;
-    sample_weights (N,): the policy-gradient weight of every sampled token of each sample. The logits
+    sample_weights (N,): the policy-gradient weight of every sampled token of each sample (indexed by
+    the pieces' sample indices). The logits
     are computed at the positions that have targets (the last L of each window) only.
     Each piece is forwarded, its part of the loss built and back-propagated at once, so only one
     piece's graph is alive at a time (the memory of a piece, not of the whole rollout); the sum of
@@ -191,13 +192,13 @@ def keep_final_samples(run, step, records):
 @dataclass
 class Rollout:
     """One step's samples. Every rank holds all N answers (so a group's baseline sees the whole group);
-    the token ids and windows are those of this rank's samples (``rows`` of the N), which it learns from."""
+    the windows are those of this rank's samples (all N in one process), which it learns from, each
+    naming its sample by its index among the N."""
     instructions: list  # (N,) the instruction each sample answers
     answers: list  # (N,) the decoded answers, without the stop newline
     lengths: np.ndarray  # (N,) sampled tokens per answer (the stop newline included)
     finished: np.ndarray  # (N,) True where the answer ended with the newline
-    windows: list  # ``policy_windows`` pieces of this rank's samples: (ids, targets, sample index)
-    rows: slice  # this rank's samples among the N
+    windows: list  # ``policy_windows`` pieces of this rank's samples: (ids, targets, sample index among N)
 
 
 def rollout(run, instructions, G, rng, windows_per_pass):
@@ -213,9 +214,10 @@ def rollout(run, instructions, G, rng, windows_per_pass):
         (run.tokenizer.decode(row[: n - int(done)]), int(n), bool(done))
         for row, n, done in zip(generated, lengths, finished))))
     sample_prompts = [ids for ids in prompt_ids for _ in range(G)]
-    windows = policy_windows(sample_prompts[rows], generated, lengths, T, windows_per_pass)
+    windows = [(ids, targets, rows.start + index)  # the sample's index among all N, not among this rank's
+               for ids, targets, index in policy_windows(sample_prompts[rows], generated, lengths, T, windows_per_pass)]
     return Rollout([instruction for instruction in instructions for _ in range(G)], answers,
-                   np.array(all_lengths), np.array(all_finished), windows, rows)
+                   np.array(all_lengths), np.array(all_finished), windows)
 
 
 def answer_kl(run, rollout, reference_logits):
@@ -224,7 +226,7 @@ def answer_kl(run, rollout, reference_logits):
     for (ids, targets, index), reference_part in zip(rollout.windows, reference_logits):
         counted = targets != IGNORE
         kl, _ = kl_and_entropy(run.predict(ids, targets.shape[1])[counted], reference_part[counted])
-        np.add.at(kl_sum, rollout.rows.start + np.broadcast_to(index[:, None], targets.shape)[counted], kl)
+        np.add.at(kl_sum, np.broadcast_to(index[:, None], targets.shape)[counted], kl)
     return run.backend.all_sum(kl_sum)
 
 
@@ -268,11 +270,8 @@ def step_metrics(rewards, components, G, rollout, token_kl, token_entropy, token
     """Step 5: what the step logs: the reward and its components, the share of groups with no signal,
     KL and entropy of the whole rollout (per character and per answer), and the samples' metrics."""
     N, n_tokens = len(rewards), int(rollout.lengths.sum())
-    sample_kl, sample_entropy = np.zeros(N), np.zeros(N)  # each sample's, summed over its tokens; ranks added
-    sample_kl[rollout.rows] = np.bincount(token_sample, token_kl, minlength=rollout.rows.stop - rollout.rows.start)
-    sample_entropy[rollout.rows] = np.bincount(token_sample, token_entropy,
-                                               minlength=rollout.rows.stop - rollout.rows.start)
-    sample_kl, sample_entropy = backend.all_sum([sample_kl, sample_entropy])
+    sample_kl, sample_entropy = backend.all_sum([  # each sample's, summed over its tokens; the ranks' added
+        np.bincount(token_sample, token_kl, minlength=N), np.bincount(token_sample, token_entropy, minlength=N)])
     return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
             **{f"reward/{name}": float(np.mean(v)) for name, v in components.items()},
             "zero_std_frac": float(np.mean(rewards.reshape(-1, G).std(axis=1) == 0)),
@@ -299,7 +298,7 @@ def reinforce_step(run, reference, instructions, reward_fn, settings, state, rng
     n_tokens = int(group.lengths.sum())
     loss_value, token_kl, token_entropy, token_sample = accumulate_policy_gradient(              # 4. the loss
         backend, model, group.windows, reference_logits,
-        token_weights(advantage, group.lengths, settings.aggregation)[group.rows], sampling.temperature,
+        token_weights(advantage, group.lengths, settings.aggregation), sampling.temperature,
         sampling.top_k, settings.kl_coef / n_tokens if settings.kl_mode == "loss" else 0.0,
         settings.entropy_coef / n_tokens)
     metrics = step_metrics(rewards, components, G, group, token_kl, token_entropy, token_sample,  # 5. metrics

@@ -37,9 +37,8 @@ def generate(predict, prompts, n_samples, max_new_tokens, context_length, temper
     prompts: one id array, or a list of them (rows come out prompt by prompt).
     predict: (ids (N, T), last) -> the logits of the last ``last`` positions (N, last, V) as numpy,
     without gradients (``Backend.predict`` with its model); it is asked for the last position only.
-    Each step every unfinished sample sees its last context_length tokens (the crop); samples whose
-    windows have the same length share one forward (all of them, when the prompts have one length
-    or the windows are full); finished samples are left out. One uniform per sample per step, drawn
+    Each step every unfinished sample sees its last context_length tokens (the crop; ``next_tokens``);
+    finished samples are left out. One uniform per sample per step, drawn
     in row order (finished samples' too, so a sample's draws do not depend on the others'
     lengths). temperature 0 is greedy.
     A sample ends at stop_id (kept as its last token) or after max_new_tokens.
@@ -62,19 +61,9 @@ def generate(predict, prompts, n_samples, max_new_tokens, context_length, temper
     finished[slice(None) if rows is None else rows] = False
     for step in range(max_new_tokens):
         ends = prompt_lengths + step  # each row's current length
-        starts = np.maximum(ends - context_length, 0)
-        running = np.flatnonzero(~finished)  # finished samples need no forward: their token is stop_id
-        widths = (ends - starts)[running]  # each running sample's window length
-        tokens = np.full(N, stop_id, dtype=np.int64)
         uniforms = rng.random(N) if temperature != 0 else None  # for every row, so the draws stay aligned
-        for window in np.unique(widths):
-            rows = running[widths == window]
-            batch = np.stack([sequences[r, starts[r]:ends[r]] for r in rows])  # (rows, window)
-            logits = predict(batch, 1)[:, -1]  # (rows, V)
-            if temperature == 0:
-                tokens[rows] = logits.argmax(axis=-1)
-            else:
-                tokens[rows] = draw(next_token_probs(logits, temperature, top_k), uniforms[rows])
+        tokens = next_tokens(predict, sequences, np.maximum(ends - context_length, 0), ends, ~finished,
+                             temperature, top_k, uniforms, stop_id)
         generated[:, step] = tokens
         sequences[np.arange(N), ends] = tokens
         lengths += ~finished
@@ -82,3 +71,21 @@ def generate(predict, prompts, n_samples, max_new_tokens, context_length, temper
         if finished.all():
             break
     return generated[:, : max(1, lengths.max())], lengths, finished
+
+
+def next_tokens(predict, sequences, starts, ends, running, temperature, top_k, uniforms, stop_id):
+    """One token for each running row of sequences, from its window sequences[r, starts[r]:ends[r]];
+    rows not running get stop_id (they need no forward). Rows whose windows have one length share a
+    forward. uniforms: one per row (None when temperature is 0: greedy). Returns (N,) int64."""
+    running = np.flatnonzero(running)
+    widths = (ends - starts)[running]  # each running row's window length
+    tokens = np.full(len(sequences), stop_id, dtype=np.int64)
+    for window in np.unique(widths):
+        group = running[widths == window]
+        batch = np.stack([sequences[r, starts[r]:ends[r]] for r in group])  # (rows, window)
+        logits = predict(batch, 1)[:, -1]  # (rows, V)
+        if temperature == 0:
+            tokens[group] = logits.argmax(axis=-1)
+        else:
+            tokens[group] = draw(next_token_probs(logits, temperature, top_k), uniforms[group])
+    return tokens

@@ -41,3 +41,14 @@ def test_every_link_and_every_file_named_in_the_readme_and_the_docs_exists():
                 assert (page.parent / target).exists(), f"{page.name}: link to {target}, which is not there"
         for path in re.findall(r"`((?:minigpt_np|minigpt_torch|examples|docs|tests|parity_tests)/[\w./-]+)`", text):
             assert (root / path.split("::")[0]).exists(), f"{page.name}: names {path}, which is not there"
+
+
+def test_the_speed_page_tables_are_what_bench_writes_from_its_json(capsys):
+    """docs/speed.md's figures are bench.py's own output (--markdown) for the JSON beside it, not typed in."""
+    from tests.conftest import load_cli
+    text = (DOCS / "speed.md").read_text()
+    found = re.search(r"<!-- bench.py --markdown (\S+): begin -->\n(.*)\n<!-- bench.py --markdown \1: end -->",
+                      text, re.S)
+    assert found, "docs/speed.md has no generated block"
+    load_cli("bench").main(["--markdown", str(DOCS.parent / found.group(1))])
+    assert found.group(2).strip() == capsys.readouterr().out.strip()

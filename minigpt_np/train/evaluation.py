@@ -45,12 +45,15 @@ def language_model_metrics(run, tokens, max_windows, batch_size, prefix):
 
 
 def sample_answers(run, instruction_or_prompt, n, rng, temperature=None, raw_prompt=False):
-    """n sampled continuations of a prompt: [(text without the stop newline, finished?)]."""
-    prompt = instruction_or_prompt if raw_prompt else format_prompt(instruction_or_prompt)
+    """n sampled continuations of a prompt (or of each of a list of them, prompt by prompt):
+    [(text without the stop newline, finished?)]."""
+    prompts = instruction_or_prompt if isinstance(instruction_or_prompt, list) else [instruction_or_prompt]
+    prompts = [prompt if raw_prompt else format_prompt(prompt) for prompt in prompts]
     sampling = run.sampling
     tokens, lengths, finished = generate(
-        run.predict, run.tokenizer.encode(prompt), n, sampling.max_new_tokens, run.config.context_length,
-        sampling.temperature if temperature is None else temperature, sampling.top_k, rng, run.stop_id)
+        run.predict, [run.tokenizer.encode(prompt) for prompt in prompts], n, sampling.max_new_tokens,
+        run.config.context_length, sampling.temperature if temperature is None else temperature, sampling.top_k,
+        rng, run.stop_id)
     return [(run.tokenizer.decode(row[: length - int(done)]), bool(done))
             for row, length, done in zip(tokens, lengths, finished)]
 
@@ -60,13 +63,19 @@ def follows_answer_format(text, finished):
     return finished and text.startswith(" ") and bool(text.strip())
 
 
+FORMAT_SAMPLES = 8  # answers to each held-out instruction that the format rate counts
+
+
 def answer_metrics(run, held_out_pairs, batch_size, rng):
-    """answer_loss (answer-only cross-entropy, every answer character in the window sampling gives it) and
-    format_rate on held-out instruction/answer pairs."""
+    """answer_loss (answer-only cross-entropy, every answer character in the window sampling gives it) and,
+    on FORMAT_SAMPLES answers to each held-out instruction: format_rate (the share that is " <text>" closed
+    by the newline), unfinished_rate (cut off at max_new_tokens) and empty_rate (closed at once)."""
     inputs, targets, _ = sft_windows(held_out_pairs, run.tokenizer, run.config.context_length)
-    formatted = [follows_answer_format(*sample_answers(run, instruction, 1, rng)[0])
-                 for instruction, _ in held_out_pairs]
-    return {"answer_loss": mean_token_loss(run, inputs, targets, batch_size), "format_rate": float(np.mean(formatted))}
+    answers = sample_answers(run, [instruction for instruction, _ in held_out_pairs], FORMAT_SAMPLES, rng)
+    return {"answer_loss": mean_token_loss(run, inputs, targets, batch_size),
+            "format_rate": float(np.mean([follows_answer_format(*answer) for answer in answers])),
+            "unfinished_rate": float(np.mean([not done for _, done in answers])),
+            "empty_rate": float(np.mean([done and not text.strip() for text, done in answers]))}
 
 
 def reward_metrics(run, instructions, reward_fn, samples_per_prompt, rng, prefix="reward"):

@@ -12,7 +12,8 @@ made after the stage ended, the same for every stage):
     val_ppl       perplexity per character (exp val_loss)
     test_loss, test_bpc   the same on the test text (once, at the end of pretraining)
     answer_loss   answer-only cross-entropy on the held-out instruction/answer pairs
-    format_rate   share of held-out prompts whose sample is " <text>\\n" (an answer, then the newline)
+    format_rate   share of sampled answers to the held-out prompts that are " <text>\\n" (an answer, then the newline)
+    unfinished_rate, empty_rate   of those answers: cut off at max_new_tokens; closed at once
     reward_mean, reward_std, reward/<component>   RL rewards of the step's samples
     heldout_reward_mean   mean reward of samples for the held-out prompts
     grad_norm     global gradient norm before clipping

@@ -85,10 +85,14 @@ def stage_problems(summaries):
             elif distinct <= max(1, len(answers) // 10):
                 problems.append(f"{stage}: {distinct} distinct answers of {len(answers)} to the RL prompt: one answer "
                                 "repeated, no variety left to learn from")
-        format_rate = summary.get("metrics", {}).get("format_rate")
-        if format_rate is not None and format_rate < 0.5:
-            problems.append(f"{stage}: format rate {format_rate:.2f}: most held-out prompts get no well-formed answer "
-                            "(a space, some text, the closing newline)")
+        metrics = summary.get("metrics", {})
+        if metrics.get("format_rate") is not None and metrics["format_rate"] < 0.5:
+            why = [f"{metrics[key]:.0%} {meaning}" for key, meaning in (
+                ("unfinished_rate", "ran to the length limit without the closing newline"),
+                ("empty_rate", "were empty")) if metrics.get(key)]
+            problems.append(f"{stage}: format rate {metrics['format_rate']:.2f}: most answers to the held-out prompts "
+                            "are not well formed (a space, some text, the closing newline)"
+                            + (f": {' and '.join(why)}" if why else ""))
     flat = summaries.get("rl", {}).get("metrics", {}).get("flat_group_share")
     if flat is not None and flat >= 0.5:
         problems.append(f"rl: in {flat:.0%} of the steps' groups every answer got the same reward: no advantage, so "

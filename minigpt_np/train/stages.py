@@ -48,7 +48,7 @@ def sft(run, settings, train_pairs, held_out_pairs, answer_chars=None):
     per example are drawn at random (all when None), weighted so that the loss estimates the mean over every
     answer character of the batch. The vocabulary is the
     pretraining one, so no weight is re-initialised. Evaluation: answer-only loss on the held-out pairs,
-    and the share of held-out prompts whose sample is a well-formed answer (format_rate).
+    and the share of sampled answers to the held-out prompts that are well formed (format_rate).
     """
     backend, model = run.backend, run.model
 

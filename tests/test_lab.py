@@ -261,3 +261,67 @@ def test_the_command_line_starts_never_overwrites_and_grades(tmp_path, capsys):
     out = __import__("io").StringIO()
     assert lab_main(["check", "3", "--dir", folder], out=out) == 0, out.getvalue()
     assert lab_main(["check", "99", "--dir", folder]) == 2
+
+
+# ---------------------------------------------------------------------------- the model on the learner's ops
+MODEL_OPS = {"01_embedding": "embedding", "02_linear": "linear", "03_layer_norm": "layer_norm",
+             "05_attention": "attention", "06_gelu": "gelu", "07_dropout": "dropout"}
+
+
+def plain_lab(folder):
+    """A lab folder where every model exercise is solved by the project's plain op."""
+    folder.mkdir()
+    for stem, op in MODEL_OPS.items():
+        (folder / f"{stem}.py").write_text(f"from minigpt_np.functional import {op}  # noqa: F401\n")
+    return folder
+
+
+def test_kernels_lab_with_the_plain_ops_trains_bit_identically_to_kernels_plain(tmp_path, capsys):
+    from tests.conftest import TINY, flags, load_cli, records
+    lab = plain_lab(tmp_path / "lab")
+    common = flags({**TINY, "dtype": "float64", "dropout": 0.1}) + ["--preset", "quick", "--backend", "numpy",
+                                                                     "--runs-dir", str(tmp_path)]
+    assert load_cli().main(common + ["--kernels", "lab", "--lab-dir", str(lab), "--lab-steps", "3",
+                                     "--name", "lab"]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"lab: {op}: yours" in printed for op in MODEL_OPS.values()), printed
+    assert "lab: your model trains exactly like the reference for 3 steps (largest loss difference 0)" in printed
+    assert load_cli().main(common + ["--kernels", "plain", "--name", "plain"]) == 0
+    timing = ("step_seconds", "wall_time")
+    assert records(tmp_path / "lab", without=timing) == records(tmp_path / "plain", without=timing)
+
+
+def test_kernels_lab_names_the_step_and_tensor_where_a_run_parts(tmp_path):
+    from minigpt_np.lab.model import lab_kernels, side_by_side
+    from minigpt_np.config import GPTConfig
+    lab = plain_lab(tmp_path / "lab")
+    (lab / "02_linear.py").write_text(  # right on the graded shapes (at most 6 rows), wrong on more than 100 rows
+        "from minigpt_np import functional\nfrom minigpt_np.autograd import Tensor\n\n\n"
+        "def linear(input, weight, bias=None):\n"
+        "    out = functional.linear(input, weight, bias)\n"
+        "    rows = out.data.reshape(-1, out.shape[-1]).shape[0]\n"
+        "    if bias is None or rows <= 100:\n"
+        "        return out\n"
+        "    def backward(grad):\n"
+        "        dx, dw, db = out._backward_fn(grad)\n"
+        "        return dx, dw, db * 0.5\n"
+        "    return Tensor.from_op(out.data, (input, weight, bias), backward, 'linear')\n")
+    ops, lines = lab_kernels(lab)
+    assert f"linear: yours ({lab / '02_linear.py'})" in lines
+    config = GPTConfig(vocab_size=20, d_model=16, n_layers=1, n_heads=2, context_length=32, dropout=0.0)
+    tokens = np.random.default_rng(0).integers(0, 20, 500)
+    said = side_by_side(ops, config, tokens, steps=3, seed=0, batch_size=4)
+    assert said.startswith("your run parts from the reference at step 1: the gradient of "), said
+    assert "bias differs by" in said, said
+
+
+def test_kernels_lab_uses_the_plain_op_where_an_exercise_fails_or_is_not_started(tmp_path):
+    from minigpt_np.lab.model import lab_kernels
+    lab = plain_lab(tmp_path / "lab")
+    (lab / "03_layer_norm.py").unlink()
+    (lab / "06_gelu.py").write_text("from minigpt_np.functional import normal_cdf, Tensor\n\n\n"
+                                    "def gelu(x):\n    raise NotImplementedError\n")
+    ops, lines = lab_kernels(lab)
+    assert ops.layer_norm is F.layer_norm and ops.gelu is F.gelu
+    assert f"layer_norm: the plain op (exercise 3 not started in {lab})" in lines
+    assert "gelu: the plain op (exercise 6: not written yet; python -m minigpt_np.lab check 6)" in lines

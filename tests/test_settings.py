@@ -25,7 +25,8 @@ BAD_VALUES = ["-1", "-5", "nan", "inf", "-inf", "1e300", str(10**30), "0"]
 # Settings for which 0 is a valid value (the test's own list, not the code's ranges).
 ZERO_IS_VALID = {"checkpoint_every", "dropout", "weight_decay", "rl_kl_coef", "rl_entropy_coef",
                  "rl_missing_stop_penalty", "rl_baseline_decay", "seed", "warmup", "kl_coefs",
-                 "sample:temperature", "sample:seed", "compare_rl:seeds", "entropy_coef", "bench_ranks:rl_steps"}
+                 "sample:temperature", "sample:seed", "compare_rl:seeds", "entropy_coef", "bench_ranks:rl_steps",
+                 "lab_steps"}
 
 NUMERIC = {
     "run_all": [f.name for f in dataclasses.fields(PipelineSettings) if f.type in (int, float, "int", "float")],

@@ -25,9 +25,13 @@ def _setting(default, help, choices=None, valid=None):
 class PipelineSettings:
     backend: str = _setting("torch", "tensor library: torch or numpy", ("torch", "numpy"))
     device: str = _setting("cpu", "torch device: cpu or cuda (numpy runs on the CPU only)")
-    kernels: str = _setting("fast", "numpy backend: the form of the model's ops, fast (for training) or plain "
-                            "(functional.py, the reading text); a checkpoint of either loads with the other",
-                            ("fast", "plain"))
+    kernels: str = _setting("fast", "numpy backend: the form of the model's ops, fast (for training), plain "
+                            "(functional.py, the reading text) or lab (yours from --lab-dir where your exercise "
+                            "passes, plain elsewhere); a checkpoint of one loads with the others",
+                            ("fast", "plain", "lab"))
+    lab_dir: str = _setting("lab", "--kernels lab: the folder of your exercises (python -m minigpt_np.lab)")
+    lab_steps: int = _setting(50, "--kernels lab: training steps of your model beside the plain one, compared "
+                              "step by step before the run", valid=count(0, 10**5))
     compile: bool = _setting(False, "torch backend: run the training steps through torch.compile (needs a C++ "
                              "compiler on the CPU; the first steps wait for the compilation)")
     preset: str = _setting("seed", "starting values for every setting: seed (the original) or quick (a demo)",
@@ -147,6 +151,9 @@ def validate(settings):
     if Path(settings.runs_dir).exists() and not Path(settings.runs_dir).is_dir():
         raise ValueError(f"--runs-dir: {settings.runs_dir} is a file, not a folder")
     check_backend_options(settings.backend, settings.kernels, settings.compile)
+    if settings.kernels == "lab" and not Path(settings.lab_dir).is_dir():
+        raise ValueError(f"--lab-dir: {settings.lab_dir} is not a folder (python -m minigpt_np.lab start N "
+                         "writes your exercises there)")
     if settings.rl_advantage in ("group_mean", "rloo", "group_zscore") and settings.rl_samples < 2:
         raise ValueError(f"--rl-samples: the {settings.rl_advantage} advantage compares the samples of a prompt, "
                          f"so it needs at least 2, got {settings.rl_samples}")
@@ -175,8 +182,11 @@ def rl_settings(settings):
 
 def backend_for(settings):
     """The backend of the settings; the kernels are the numpy backend's choice (the others have one form)."""
-    return get_backend(settings.backend, settings.device,
-                       kernels=settings.kernels if settings.backend == "numpy" else None, compile=settings.compile)
+    kernels = settings.kernels if settings.backend == "numpy" else None
+    if kernels == "lab":
+        from ..lab.model import lab_kernels
+        kernels, _ = lab_kernels(settings.lab_dir)
+    return get_backend(settings.backend, settings.device, kernels=kernels, compile=settings.compile)
 
 
 class RunFolderError(ValueError):
@@ -184,7 +194,7 @@ class RunFolderError(ValueError):
 
 
 # Settings that may change when a run is resumed (they do not change what is computed).
-_RESUMABLE_CHANGES = {"resume", "progress", "device", "compile"}
+_RESUMABLE_CHANGES = {"resume", "progress", "device", "compile", "lab_steps"}
 
 
 # Settings whose default is not what a run saved before they were added did.

@@ -51,6 +51,16 @@ def test_the_report_and_its_plots_are_written(quick_run):
     assert "the 10 best and the 10 worst" in report and "| readable |" in report
 
 
+def test_the_report_looks_inside_the_final_policy(quick_run):
+    _, folder = quick_run
+    report = (folder / "report.md").read_text()
+    assert "## Inside the final policy" in report and "| position | character | its probability |" in report
+    for picture in ("inspect_rl_prompt_attention.png", "inspect_rl_prompt_probabilities.png",
+                    "inspect_held_out_attention.png", "inspect_held_out_probabilities.png", "inspect_rl_change.png"):
+        assert f"]({picture})" in report
+        assert (folder / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_pretraining_learns(quick_run):
     _, folder = quick_run
     pretrain = [loss for stage, _, loss in losses(folder) if stage == "pretrain"]

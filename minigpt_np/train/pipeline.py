@@ -15,6 +15,7 @@ from .checkpoint import load_checkpoint
 from .data import (check_corpus, format_example, format_prompt, load_corpus, load_sft_pairs, split_pairs)
 from .evaluation import (FINAL_SAMPLES, degenerate_answer, policy_samples, report_samples, reward_metrics,
                          stage_metrics)
+from .inspection import report_inspection
 from .metrics import MetricsLog
 from .report import write_plots, write_report
 from .rl import keep_final_samples, reinforce
@@ -107,6 +108,8 @@ def run_pipeline(settings, notify=print):
             continue
         _, wall_time = stage_calls[stage](_stage_settings(settings, stage))
         summaries[stage] = _finish_stage(run, stage, settings, wall_time, data, reward_fn)
+        if run.writes and stage == "rl":
+            context["inspection"] = report_inspection(run.folder, summaries, RL_INSTRUCTION, data.held_out_pairs[0])
         if run.writes:
             write_plots(run.folder, run.metrics)
             write_report(run.folder, context, summaries, run.metrics)

@@ -190,7 +190,7 @@ def write_report(folder, context, summaries, metrics):
     lines += [f"![{title}]({filename})" for filename, title, _, _ in PLOTS.values() if (folder / filename).exists()]
     if (folder / "rl_reward_vs_kl.png").exists():
         lines.append("![RL: reward against KL](rl_reward_vs_kl.png)")
-    lines += _reward_hacking_section(summaries, metrics) + _samples_section(summaries)
+    lines += _reward_hacking_section(summaries, metrics) + context.get("inspection", []) + _samples_section(summaries)
     (folder / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -55,6 +55,8 @@ def test_the_report_looks_inside_the_final_policy(quick_run):
     _, folder = quick_run
     report = (folder / "report.md").read_text()
     assert "## Inside the final policy" in report and "| position | character | its probability |" in report
+    moved = report.split("## How the RL policy moved")[1].split("\n## ")[0]
+    assert [line.split(" | ")[0] for line in moved.splitlines() if line.startswith("| ") and "`" in line] == ["| 1", "| 2"]
     for picture in ("inspect_rl_prompt_attention.png", "inspect_rl_prompt_probabilities.png",
                     "inspect_held_out_attention.png", "inspect_held_out_probabilities.png", "inspect_rl_change.png"):
         assert f"]({picture})" in report
@@ -566,3 +568,16 @@ def test_the_seed_preset_on_wikitext_local_files_runs_every_stage_and_names_its_
     assert f"validation loss on {WIKITEXT_DIR / 'test.txt'}" in report  # the table says where its figures come from
     assert "RL prompt (72 characters, context 64): the model sees only the last 64" in report
     assert json.loads((folder / "rl" / "checkpoint.json").read_text())["complete"]
+
+
+def test_rl_keeps_the_answers_of_its_first_step_and_of_every_evaluation_step(tmp_path, monkeypatch):
+    from minigpt_np.train import rl
+    monkeypatch.setattr(rl, "KEPT_STEPS", 1)
+    settings = settings_for("quick", backend="numpy", runs_dir=str(tmp_path), name="run",
+                            **{**TINY, "pretrain_steps": 2, "sft_steps": 1, "rl_steps": 5, "rl_eval_every": 2})
+    run_pipeline(settings, notify=lambda message: None)
+    kept = records(tmp_path / "run" / "rl", "samples.jsonl")
+    assert sorted({r["step"] for r in kept if not r.get("final")}) == [1, 2, 4, 5]
+    moved = (tmp_path / "run" / "report.md").read_text().split("## How the RL policy moved")[1].split("\n## ")[0]
+    rows = [line.split(" | ")[0] for line in moved.splitlines() if line.startswith("| ") and "`" in line]
+    assert rows == ["| 1", "| 2", "| 4", "| 5"]

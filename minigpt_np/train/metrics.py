@@ -27,7 +27,8 @@ made after the stage ended, the same for every stage):
     original_reward_mean, guarded_reward_mean    the samples scored by each named reward, whichever
                   reward the run trains on
 
-rl/samples.jsonl has the same form, one record per sampled answer (RL's last 20 steps, and the final
+rl/samples.jsonl has the same form, one record per sampled answer (RL's first step, every eval_every-th,
+the last 20, and the final
 policy's samples with "final": true): prompt, answer, reward, components, finished, real_word_rate,
 repeat_rate, readable.
 """

@@ -1,4 +1,5 @@
 """Turn a run's metrics and checkpoints into PNG plots and report.md."""
+import json
 import math
 from pathlib import Path
 
@@ -190,7 +191,8 @@ def write_report(folder, context, summaries, metrics):
     lines += [f"![{title}]({filename})" for filename, title, _, _ in PLOTS.values() if (folder / filename).exists()]
     if (folder / "rl_reward_vs_kl.png").exists():
         lines.append("![RL: reward against KL](rl_reward_vs_kl.png)")
-    lines += _reward_hacking_section(summaries, metrics) + context.get("inspection", []) + _samples_section(summaries)
+    lines += _reward_hacking_section(summaries, metrics) + _rl_progress_section(folder)
+    lines += context.get("inspection", []) + _samples_section(summaries)
     (folder / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -239,6 +241,30 @@ def _stages_section(context, summaries):
     if "test_loss" in pretrain_metrics:
         lines += [f"Test after pretraining: loss {pretrain_metrics['test_loss']:.3f}, "
                   f"{pretrain_metrics['test_bpc']:.3f} bits per character.", ""]
+    return lines
+
+
+def _rl_progress_section(folder, rows=11, shown=3):
+    """How the policy moved: the first answers to the RL prompt at evenly spaced RL steps (from rl/samples.jsonl)."""
+    path = Path(folder) / "rl" / "samples.jsonl"
+    if not path.exists():
+        return []
+    by_step = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if not record.get("final"):
+            by_step.setdefault(record["step"], []).append(record)
+    if not by_step:
+        return []
+    steps = sorted(by_step)
+    chosen = sorted({steps[round(i * (len(steps) - 1) / (rows - 1))] for i in range(rows)}) if len(steps) > rows else steps
+    lines = ["", "## How the RL policy moved", "",
+             f"The first {shown} answers to the RL prompt at RL steps spread over the stage, and the mean reward of "
+             "all the step's answers:", "", "| step | mean reward | answers |", "|---|---|---|"]
+    for step in chosen:
+        records = by_step[step]
+        answers = " · ".join(f"`{_one_line(r['answer'])}`" for r in records[:shown])
+        lines.append(f"| {step} | {_format(sum(r['reward'] for r in records) / len(records))} | {answers} |")
     return lines
 
 

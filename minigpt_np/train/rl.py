@@ -52,7 +52,7 @@ from .sampling import generate
 
 ADVANTAGES = ("none", "moving_average", "group_mean", "rloo", "group_zscore")
 ZSCORE_EPS = 1e-6
-KEPT_STEPS = 20  # rl/samples.jsonl keeps every answer of the stage's last KEPT_STEPS steps
+KEPT_STEPS = 20  # rl/samples.jsonl keeps every answer of the stage's last KEPT_STEPS steps (and more)
 
 
 @dataclass(kw_only=True)
@@ -310,8 +310,8 @@ def reinforce_step(run, reference, instructions, reward_fn, settings, state, rng
 def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, reference_weights):
     """The RL stage: ``reinforce_step`` settings.steps times, from the SFT policy, whose frozen copy
     (reference_weights) the KL is measured against. Each step draws prompts_per_step of the prompts.
-    The answers of the last KEPT_STEPS steps go to rl/samples.jsonl; every eval_every steps the
-    held-out prompts' reward is measured."""
+    The answers of the first step, of every eval_every-th and of the last KEPT_STEPS steps go to
+    rl/samples.jsonl (how the policy moved); every eval_every steps the held-out prompts' reward is measured."""
     backend, model = run.backend, run.model
     reference = backend.create_model(run.config, run.seed)
     backend.load_state_dict(reference, reference_weights)
@@ -329,7 +329,8 @@ def reinforce(run, settings, rl_settings, prompts, reward_fn, held_out_prompts, 
         metrics, records, carried = reinforce_step(run, reference, [prompts[c] for c in chosen], reward_fn,
                                                    rl_settings, state, rng)
         state.update(carried)
-        if state["step"] > settings.steps - KEPT_STEPS:
+        step = state["step"]
+        if step == 1 or step % settings.eval_every == 0 or step > settings.steps - KEPT_STEPS:
             # a resumed stage redoes the steps after its checkpoint: their answers from before the stop go first
             samples_log.truncate_after("rl", state["step"] - 1)
             samples_log.log_many("rl", state["step"], records)

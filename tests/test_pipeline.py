@@ -581,3 +581,4 @@ def test_rl_keeps_the_answers_of_its_first_step_and_of_every_evaluation_step(tmp
     moved = (tmp_path / "run" / "report.md").read_text().split("## How the RL policy moved")[1].split("\n## ")[0]
     rows = [line.split(" | ")[0] for line in moved.splitlines() if line.startswith("| ") and "`" in line]
     assert rows == ["| 1", "| 2", "| 4", "| 5"]
+

@@ -88,36 +88,41 @@ def plot_attention(attention, chars, path, title):
             ax = axes[layer][head]
             ax.imshow(weights[head], cmap="viridis", vmin=0, vmax=1)
             ax.set_title(f"layer {layer}, head {head}", fontsize=9)
-            ax.set_xticks(range(len(chars)), labels, fontsize=6)
-            ax.set_yticks(range(len(chars)), labels, fontsize=6)
+            ax.set_xticks(range(len(chars)), labels if layer == layers - 1 else [], fontsize=6)
+            ax.set_yticks(range(len(chars)), labels if head == 0 else [], fontsize=6)
     figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    import warnings
+    with warnings.catch_warnings():  # a character the font lacks is drawn as a box
+        warnings.simplefilter("ignore", UserWarning)
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
 def plot_coloured_text(chars, values, path, title, cmap="RdYlGn", vmin=0.0, vmax=1.0, label="probability"):
     """The characters in rows of 32, each on a box coloured by its value (None: no colour)."""
+    import warnings
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib import cm, colors
     per_row = 32
     rows = math.ceil(len(chars) / per_row)
+    grid = np.full(rows * per_row, np.nan)
+    grid[:len(values)] = [np.nan if value is None else value for value in values]
     figure, ax = plt.subplots(figsize=(per_row * 0.32 + 1.5, rows * 0.42 + 1.0))
-    scale = colors.Normalize(vmin, vmax)
-    colour_map = plt.get_cmap(cmap)
-    for index, (char, value) in enumerate(zip(chars, values)):
-        x, y = index % per_row, rows - 1 - index // per_row
-        face = "white" if value is None else colour_map(scale(value))
-        ax.add_patch(plt.Rectangle((x, y), 0.95, 0.9, facecolor=face, edgecolor="none"))
-        ax.text(x + 0.47, y + 0.45, _shown(char), ha="center", va="center", fontsize=10, family="monospace")
-    ax.set_xlim(0, per_row)
-    ax.set_ylim(0, rows)
-    ax.axis("off")
-    figure.colorbar(cm.ScalarMappable(scale, colour_map), ax=ax, label=label, fraction=0.03)
+    colour_map = plt.get_cmap(cmap).with_extremes(bad="white")
+    image = ax.imshow(grid.reshape(rows, per_row), cmap=colour_map, vmin=vmin, vmax=vmax, aspect="auto")
+    for index, char in enumerate(chars):
+        ax.text(index % per_row, index // per_row, _shown(char), ha="center", va="center", fontsize=10,
+                family="monospace")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    figure.colorbar(image, ax=ax, label=label, fraction=0.03)
     ax.set_title(title)
-    figure.savefig(path, dpi=100, bbox_inches="tight")
+    with warnings.catch_warnings():  # a character the font lacks is drawn as a box
+        warnings.simplefilter("ignore", UserWarning)
+        figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
 
 

@@ -194,6 +194,8 @@ def attention(qkv, n_heads, causal=True, dropout_p=0.0, training=False, rng=None
 # ---------------------------------------------------------------------------- GELU
 _ERF_SERIES_TERMS = 32  # enough for |x| < 2 to float64 rounding (parity_tests/test_ops.py checks)
 _ERFC_FRACTION_DEPTH = 40  # enough for |x| >= 2
+# the series' coefficients a_n = 2^n / (1*3*5*...*(2n+1)), n = 0, 1, ...
+_ERF_SERIES = [2.0 ** n / math.prod(range(1, 2 * n + 2, 2)) for n in range(_ERF_SERIES_TERMS)]
 
 
 def erf(x):
@@ -202,7 +204,9 @@ def erf(x):
     numpy has no erf, so we evaluate two classical expansions, each where it converges fast:
 
     * |x| < 2, a series of positive terms (no cancellation):
-      erf(x) = 2/sqrt(pi) * exp(-x^2) * sum_n (2x^2)^n x / (1*3*5*...*(2n+1))
+      erf(x) = 2/sqrt(pi) * exp(-x^2) * x * sum_n a_n (x^2)^n,  a_n = 2^n / (1*3*5*...*(2n+1)),
+      the polynomial in x^2 evaluated by Horner's rule: (...(a_31 x^2 + a_30) x^2 + ...) x^2 + a_0,
+      one multiply and one add per term;
     * |x| >= 2, the continued fraction of the complementary function:
       erfc(x) = exp(-x^2)/sqrt(pi) * 1/(x + (1/2)/(x + 1/(x + (3/2)/(x + 2/(x + ...)))))
       and erf(x) = 1 - erfc(x). It is evaluated from a fixed depth upwards.
@@ -215,11 +219,12 @@ def erf(x):
 
     near = ax < 2.0
     xs = ax[near]
-    term, total = xs.copy(), xs.copy()
-    for n in range(1, _ERF_SERIES_TERMS):
-        term = term * 2.0 * xs * xs / (2 * n + 1)
-        total = total + term
-    result[near] = (2.0 / math.sqrt(math.pi)) * np.exp(-xs * xs) * total
+    x2 = xs * xs
+    total = np.full_like(xs, _ERF_SERIES[-1])
+    for a in reversed(_ERF_SERIES[:-1]):  # Horner's rule
+        total *= x2
+        total += a
+    result[near] = (2.0 / math.sqrt(math.pi)) * np.exp(-x2) * xs * total
 
     far = ~near  # includes inf (erf = 1) and nan (stays nan)
     xf = ax[far]

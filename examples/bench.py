@@ -422,7 +422,12 @@ def main(argv=None):
         print(json.dumps(WORKERS[args.worker](**json.loads(args.worker_args))))
         return
     if args.markdown:
-        print("\n".join(markdown_report(json.loads(args.markdown.read_text()))))
+        try:
+            print("\n".join(markdown_report(json.loads(args.markdown.read_text()))))
+        except (ValueError, KeyError, TypeError) as error:  # not a file bench.py --json wrote
+            print(f"error: --markdown: {args.markdown} is not bench.py's JSON ({type(error).__name__}: {error})",
+                  file=sys.stderr)
+            return 2
         return
     print(f"machine: {machine()}")
     result = measure(args)
@@ -433,4 +438,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -42,10 +42,13 @@ def main(argv=None):
             before, after = rl_change(args.compare, args.checkpoint, format_prompt(args.instruction), args.answer,
                                       out / "rl_change.png")
             print(f"log p of the answer (nats, with its newline): {before.sum():.2f} before, {after.sum():.2f} after")
+        (out / "inspect.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     except ValueError as error:  # e.g. a character outside the checkpoint's vocabulary
         print(f"error: {error}", file=sys.stderr)
         return 2
-    (out / "inspect.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    except OSError as error:
+        print(f"error: --out: cannot write to {out}: {error.strerror or error}", file=sys.stderr)
+        return 2
     print(f"written: {', '.join(sorted(p.name for p in out.iterdir()))} in {out}")
     return 0
 

@@ -52,9 +52,6 @@ def main(argv=None):
     tell = (lambda message: print(message, file=sys.stderr)) if rank == 0 else (lambda message: None)
     try:
         settings = settings_for(preset, **explicit)
-        if settings.kernels == "lab" and settings.backend == "numpy":
-            from minigpt_np.lab.model import check_lab_model
-            check_lab_model(settings)
         summaries, folder = run_pipeline(settings, notify=print if rank == 0 else lambda message: None)
         leave_ranks()
     except StageInterrupted as stop:  # under torchrun every rank stops at the same step: all of them get here

@@ -56,3 +56,6 @@ def test_the_command_writes_the_pictures_and_refuses_a_folder_without_a_checkpoi
     assert "log p of the answer (nats, with its newline):" in capsys.readouterr().out
     assert inspect.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+    (tmp_path / "file").write_text("")
+    assert inspect.main([str(folder), "--text", "Answer: coffee!", "--out", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err.startswith("error: --out: cannot write to ")

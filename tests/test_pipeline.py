@@ -349,6 +349,13 @@ def test_bench_prints_the_table_and_writes_the_json(tmp_path, capsys):
     assert all(f"| {name} | {ms:.0f} |" in tables for name, ms in result["rl_step_ms"].items()), tables
 
 
+def test_bench_markdown_refuses_a_file_that_is_not_its_json(tmp_path, capsys):
+    bad = tmp_path / "other.json"
+    bad.write_text('{"figures": 1}')
+    assert load_cli("bench").main(["--markdown", str(bad)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --markdown: {bad} is not bench.py's JSON")
+
+
 def test_bench_refuses_a_missing_gpu_before_measuring(capsys):
     import torch
     if torch.cuda.is_available():

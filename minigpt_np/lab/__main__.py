@@ -34,8 +34,12 @@ def main(argv=None, out=sys.stdout):
         if path.exists():
             print(f"error: {path} exists; your work there is kept (delete it to start again)", file=sys.stderr)
             return 2
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(stub_text(args.numbers[0], EXERCISES[args.numbers[0] - 1]), encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(stub_text(args.numbers[0], EXERCISES[args.numbers[0] - 1]), encoding="utf-8")
+        except OSError as error:
+            print(f"error: --dir: cannot write {path}: {error.strerror or error}", file=sys.stderr)
+            return 2
         print(f"wrote {path}: write the part that raises NotImplementedError, then: "
               f"python -m minigpt_np.lab check {args.numbers[0]}", file=out)
         return 0

@@ -20,8 +20,7 @@ from .. import functional
 from ..autograd import Tensor
 from ..nn import Parameter
 from ..optim import AdamW, clip_grad_norm_
-
-IGNORE = -100  # the target of a position that carries no loss (as in minigpt_np.train.data)
+from ..train.data import IGNORE
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """Grade a learner's function: against the project's own code, part by part, naming the usual mistakes."""
-import importlib.util
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..check_op import UsageError, load_function
 
 # float64 throughout; a part is right when |given - reference| <= ATOL + RTOL * max|reference| over the part
 # (the parity contract's float64 bound: rounding grows with the size of what was summed, not with each entry).
@@ -90,16 +91,10 @@ def _where(error):
 
 def load_learner_function(path, name):
     """The function ``name`` of the learner's file, or a Grade that says why there is none."""
-    spec = importlib.util.spec_from_file_location(f"lab_{Path(path).stem}", path)
-    module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
-    except Exception as error:
-        return Grade("failed", [f"{path} could not be loaded: {type(error).__name__}: {error}", *_where(error)])
-    function = getattr(module, name, None)
-    if not callable(function):
-        return Grade("failed", [f"{path} has no function {name!r}"])
-    return function
+        return load_function(f"{path}:{name}")
+    except UsageError as error:
+        return Grade("failed", [str(error)])
 
 
 def grade_file(exercise, path, seed=0):

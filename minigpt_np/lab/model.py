@@ -15,7 +15,8 @@ from ..nn import KERNEL_OPS, mixed_kernels
 from ..model import TinyGPT
 from ..optim import AdamW
 from .exercises import EXERCISES
-from .grader import ATOL, RTOL, grade_file
+from ..train.data import random_windows
+from .grader import ATOL, RTOL, Grade, grade, load_learner_function
 
 NUMBERS = {exercise.name: number for number, exercise in enumerate(EXERCISES, 1)}
 
@@ -29,13 +30,13 @@ def lab_kernels(folder):
         if not path.exists():
             lines.append(f"{op}: the plain op (exercise {number} not started in {folder})")
             continue
-        grade = grade_file(EXERCISES[number - 1], path)
-        if grade.passed:
-            from .grader import load_learner_function
-            yours[op] = load_learner_function(path, op)
+        function = load_learner_function(path, op)
+        result = function if isinstance(function, Grade) else grade(EXERCISES[number - 1], function)
+        if result.passed:
+            yours[op] = function
             lines.append(f"{op}: yours ({path})")
         else:
-            lines.append(f"{op}: the plain op (exercise {number}: {grade.status}; python -m minigpt_np.lab check {number})")
+            lines.append(f"{op}: the plain op (exercise {number}: {result.status}; python -m minigpt_np.lab check {number})")
     return mixed_kernels(functional, **yours), lines
 
 
@@ -52,15 +53,13 @@ def side_by_side(ops, config, tokens, steps, seed, batch_size, lr=3e-4, weight_d
     rng = np.random.default_rng(seed)
     largest = 0.0
     for step in range(1, steps + 1):
-        starts = rng.integers(0, len(tokens) - config.context_length, batch_size)
-        windows = np.stack([tokens[s:s + config.context_length + 1] for s in starts])
+        inputs, targets = random_windows(tokens, batch_size, config.context_length, rng)
         losses = []
         for model, optimizer in zip(models, optimizers):
             model.train(True)
             model.seed_dropout(seed + step)
             optimizer.zero_grad()
-            logits = model(windows[:, :-1])
-            loss = functional.cross_entropy(logits, windows[:, 1:])
+            loss = functional.cross_entropy(model(inputs), targets)
             loss.backward()
             losses.append(float(loss.data))
         yours, plain = losses
@@ -77,14 +76,12 @@ def side_by_side(ops, config, tokens, steps, seed, batch_size, lr=3e-4, weight_d
     return f"your model trains exactly like the reference for {steps} steps (largest loss difference {largest:.3g})"
 
 
-def check_lab_model(settings, notify=print):
-    """Before a --kernels lab run: say which ops are yours, and train your model beside the plain one for
-    settings.lab_steps steps on the run's own data and model shape."""
-    from ..train.pipeline import load_data
+def check_lab_model(settings, data, notify=print):
+    """Before a --kernels lab run's stages: say which ops are yours, and train your model beside the plain one
+    for settings.lab_steps steps on the run's own data and model shape (data: ``pipeline.load_data``'s)."""
     ops, lines = lab_kernels(settings.lab_dir)
     for line in lines:
         notify(f"lab: {line}")
     if settings.lab_steps:
-        data = load_data(settings, lambda message: None)
         notify("lab: " + side_by_side(ops, data.config, data.tokens["train"], settings.lab_steps, settings.seed,
                                       settings.batch_size))

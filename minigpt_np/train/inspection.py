@@ -15,6 +15,7 @@ from ..autograd import no_grad
 from ..model import TinyGPT
 from ..nn import mixed_kernels
 from .checkpoint import load_checkpoint
+from .data import IGNORE, policy_windows
 
 
 def load_model(checkpoint_folder):
@@ -57,17 +58,17 @@ def inspect_text(checkpoint_folder, text):
 
 def answer_log_probs(checkpoint_folder, prompt, answer):
     """log p of each character of answer (and its closing newline) after prompt, each in the window the
-    sampler would show the model (the last context_length characters before it)."""
+    sampler would show the model (``data.policy_windows``: the last context_length characters before it)."""
     model, tokenizer, _ = load_model(checkpoint_folder)
-    ids = tokenizer.encode(prompt + answer + "\n")
-    start, T = len(tokenizer.encode(prompt)), model.config.context_length
-    out = []
+    prompt_ids, answer_ids = tokenizer.encode(prompt), tokenizer.encode(answer + "\n")
+    parts = []
     with no_grad():
-        for position in range(start, len(ids)):
-            window = ids[max(0, position - T):position]
-            out.append(float(functional.log_softmax_array(model(window[None], last=1).data[0, -1].astype(np.float64))
-                             [ids[position]]))
-    return np.array(out)
+        for ids, targets, _ in policy_windows([prompt_ids], answer_ids[None], np.array([len(answer_ids)]),
+                                              model.config.context_length):
+            log_probs = functional.log_softmax_array(model(ids, last=targets.shape[1]).data.astype(np.float64))
+            counted = targets != IGNORE
+            parts.append(log_probs[counted, targets[counted]])  # in the answer's order
+    return np.concatenate(parts)
 
 
 def _shown(char):

@@ -90,6 +90,9 @@ def run_pipeline(settings, notify=print):
     reward_fn = load_reward(settings.reward)
     data = load_data(settings, notify)
     run = _new_run(settings, backend, data.config, data.tokenizer, notify)
+    if settings.kernels == "lab" and settings.backend == "numpy":  # the learner's ops beside the plain ones first
+        from ..lab.model import check_lab_model
+        check_lab_model(settings, data, notify)
     held_out_prompts = [instruction for instruction, _ in data.held_out_pairs]
     stage_calls = {
         "pretrain": lambda s: pretrain(run, s, data.tokens["train"], data.tokens["validation"], settings.eval_windows),

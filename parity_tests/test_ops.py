@@ -166,6 +166,11 @@ def test_erf_and_normal_cdf_to_float_precision():
     xs32 = xs.astype(np.float32)
     exact = 0.5 * (1.0 + torch.erf(torch.from_numpy(xs32.astype(np.float64)) / math.sqrt(2.0))).numpy()
     compare({"Phi": fast.normal_cdf(xs32)}, {"Phi": exact}, Tolerance(1.2e-7), "float32 fast normal_cdf vs exact")
+    # the plain forms in float32 compute in float32 (20 terms): a few float32 steps from the exact values
+    exact_erf = torch.erf(torch.from_numpy(xs32.astype(np.float64))).numpy()
+    assert F.erf(xs32).dtype == np.float32 and F.normal_cdf(xs32).dtype == np.float32
+    compare({"erf": F.erf(xs32)}, {"erf": exact_erf}, Tolerance(5e-7), "float32 plain erf vs exact")
+    compare({"Phi": F.normal_cdf(xs32)}, {"Phi": exact}, Tolerance(3e-7), "float32 plain normal_cdf vs exact")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -101,7 +101,8 @@ def test_normal_cdf_twin_matches_the_plain_erf_in_both_float_types():
     np.testing.assert_allclose(fast.normal_cdf(xs), exact, rtol=0, atol=2e-15)
     xs32 = xs.astype(np.float32)
     assert fast.normal_cdf(xs32).dtype == np.float32 and fast.normal_cdf(np.float32(0.5)).dtype == np.float32
-    np.testing.assert_allclose(fast.normal_cdf(xs32), plain.normal_cdf(xs32), rtol=0, atol=1.2e-7)  # ~1 float32 ulp
+    # in float32 each is a few float32 steps from the exact Phi (1.2e-7 and 3e-7, parity_tests/test_ops.py)
+    np.testing.assert_allclose(fast.normal_cdf(xs32), plain.normal_cdf(xs32), rtol=0, atol=1.2e-7 + 3e-7)
     for dtype in (np.float64, np.float32):
         assert np.isnan(fast.normal_cdf(np.array([np.nan], dtype=dtype))).all()
     assert np.isnan(plain.normal_cdf(np.array([np.nan]))).all()

@@ -18,7 +18,9 @@ import textwrap
 
 from minigpt_np.train.checkpoint import CheckpointWriteError
 from minigpt_np.train.backend import leave_ranks
+from minigpt_np.train.metrics import MetricsLog
 from minigpt_np.train.pipeline import run_pipeline
+from minigpt_np.train.ranges import load_references, summary_line
 from minigpt_np.train.settings import PRESETS, PipelineSettings, settings_for
 from minigpt_np.train.report import SHORT_COLUMNS, stage_problems, summary_rows, text_table
 from minigpt_np.train.runner import StageInterrupted, TrainingDiverged
@@ -82,6 +84,9 @@ def main(argv=None):
         print("\nstages that did not do their job:")
         for problem in problems:
             print(textwrap.fill(problem, 100, initial_indent="  ", subsequent_indent="    "))
+    normal = summary_line(dataclasses.asdict(settings), MetricsLog(folder / "metrics.jsonl", writes=False).records, load_references())
+    if normal:
+        print(f"\n{normal}")
     print(f"\nfull report: {folder / 'report.md'}")
     return 0
 

@@ -1,7 +1,10 @@
 """Is my run normal? The figures read from a run's records, the reference a run is compared with, the verdicts,
 the shipped reference file, the README's table of it, and examples/reference_ranges.py on tiny runs."""
+import contextlib
 import dataclasses
+import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -148,11 +151,33 @@ def test_the_script_measures_ranges_over_seeds_and_a_run_of_those_settings_is_co
                    (tmp_path / "runs" / f"{entry['name']}-seed{seed}" / "metrics.jsonl").read_text().splitlines()]
         for key, figure in ranges.run_figures(records).items():
             assert entry["figures"][key]["values"][seed] == figure["value"], key
+    run_again_with_those_settings(tmp_path, out, entry)
     again = script("--only", "quick-torch", "--seeds", "2", "--file", str(out), "--runs-dir", str(tmp_path / "r2"),
                    *TINY)
     assert again.returncode == 0, again.stderr[-2000:]
     assert [e["name"] for e in json.loads(out.read_text())["references"]] == [entry["name"],
                                                                               entry["name"].replace("numpy", "torch")]
+
+
+def run_again_with_those_settings(tmp_path, ranges_file, entry, monkeypatch=None):
+    """A run of the reference's settings with another seed: its summary line and its report compare it."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    import run_all
+    argv = ["--backend", "numpy", "--preset", "quick", "--seed", "9", "--name", "again", "--runs-dir",
+            str(tmp_path / "again"), "--no-progress"]
+    for item in TINY[1::2]:
+        name, value = item.split("=")
+        argv += ["--" + name.replace("_", "-"), value]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ranges, "RANGES_FILE", ranges_file)
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            assert run_all.main(argv) == 0
+    compared = len([key for key in entry["figures"]])
+    assert re.search(rf"is this run normal\? \d+ of {compared} figures within the range of 2 seeds", output.getvalue())
+    report = (tmp_path / "again" / "again" / "report.md").read_text()
+    assert "## Is this run normal?" in report and entry["name"] in report
+    assert report.count("the range of 2 seeds") == compared
 
 
 @pytest.mark.parametrize("args, message", [

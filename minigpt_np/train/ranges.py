@@ -87,9 +87,9 @@ def settings_key(settings):
     return {name: value for name, value in settings.items() if name not in RUN_ONLY}
 
 
-def load_references(path=RANGES_FILE):
-    """The references of the ranges file ([] when there is none)."""
-    path = Path(path)
+def load_references(path=None):
+    """The references of the ranges file (default RANGES_FILE; [] when there is none)."""
+    path = Path(path or RANGES_FILE)
     return json.loads(path.read_text(encoding="utf-8"))["references"] if path.exists() else []
 
 

@@ -3,6 +3,7 @@ import json
 import math
 from pathlib import Path
 
+from .ranges import load_references, report_lines
 from .rewards import original_reward
 from .evaluation import FINAL_SAMPLES
 
@@ -187,6 +188,7 @@ def write_report(folder, context, summaries, metrics):
         f"`{settings['preset']}`, seed {settings['seed']}, started {context['started']}.", "",
     ]
     lines += _data_section(context) + _settings_section(context) + _stages_section(context, summaries)
+    lines += report_lines(settings, metrics.records, load_references())
     lines += ["## Plots", ""]
     lines += [f"![{title}]({filename})" for filename, title, _, _ in PLOTS.values() if (folder / filename).exists()]
     if (folder / "rl_reward_vs_kl.png").exists():

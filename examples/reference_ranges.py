@@ -121,6 +121,7 @@ def measure(plans, args, path):
     runs_dir.mkdir(parents=True, exist_ok=True)
     seeds = list(range(args.seeds))
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    started = {"commit": commit(), "date": datetime.date.today().isoformat()}  # the code the runs start with
     results = {name: {} for name, *_ in plans}
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         futures = {pool.submit(measure_one, run_command(name, preset, backend, overrides, seed, runs_dir),
@@ -138,11 +139,11 @@ def measure(plans, args, path):
             print(f"{name}: seed {seed} done in {seconds:.0f} s ({len(results[name])} of {len(seeds)})", flush=True)
             if len(results[name]) == len(seeds):
                 plan = next(plan for plan in plans if plan[0] == name)
-                write_reference(path, reference_entry(*plan, results[name], seeds, threads, args))
+                write_reference(path, reference_entry(*plan, results[name], seeds, threads, args, started))
                 print(f"{name}: written to {path}", flush=True)
 
 
-def reference_entry(name, preset, backend, overrides, results, seeds, threads, args):
+def reference_entry(name, preset, backend, overrides, results, seeds, threads, args, started):
     """The ranges file's record of one reference: its settings, seeds, where and when, each figure's range."""
     keys = [key for key in results[seeds[0]] if all(key in results[seed] for seed in seeds)]
     figures = {}
@@ -153,8 +154,9 @@ def reference_entry(name, preset, backend, overrides, results, seeds, threads, a
     settings = settings_for(preset, backend=backend, **overrides)
     return {"name": name, "preset": preset, "backend": backend, "set": args.overrides,
             "settings": ranges.settings_key(dataclasses.asdict(settings)), "seeds": seeds,
-            "commit": commit(), "machine": f"{machine()}, {threads} threads per run, {args.jobs} run(s) at a time",
-            "date": datetime.date.today().isoformat(),
+            "commit": started["commit"],
+            "machine": f"{machine()}, {threads} threads per run, {args.jobs} run(s) at a time",
+            "date": started["date"],
             "command": "python examples/reference_ranges.py " + " ".join(sys.argv[1:]), "figures": figures}
 
 

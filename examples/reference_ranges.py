@@ -155,7 +155,8 @@ def reference_entry(name, preset, backend, overrides, results, seeds, threads, a
     return {"name": name, "preset": preset, "backend": backend, "set": args.overrides,
             "settings": ranges.settings_key(dataclasses.asdict(settings)), "seeds": seeds,
             "commit": started["commit"],
-            "machine": f"{machine()}, {threads} threads per run, {args.jobs} run(s) at a time",
+            "machine": f"{machine()}; {threads} thread{'s' * (threads > 1)} per run, "
+                       f"{args.jobs} run{'s' * (args.jobs > 1)} at a time",
             "date": started["date"],
             "command": "python examples/reference_ranges.py " + " ".join(sys.argv[1:]), "figures": figures}
 

@@ -127,6 +127,35 @@ def test_the_report_section_names_the_reference_or_says_there_is_none():
     assert "No reference ranges for these settings" in lines and "quick-numpy" in lines
 
 
+def test_the_shipped_references_hold_five_seeds_each_with_where_and_when_they_were_measured():
+    references = ranges.load_references()
+    names = {entry["name"] for entry in references}
+    assert {"quick-numpy", "quick-torch", "seed-torch"} <= names
+    for entry in references:
+        assert len(entry["seeds"]) >= 5 and len(set(entry["seeds"])) == len(entry["seeds"])
+        assert entry["commit"] and entry["machine"] and re.match(r"\d{4}-\d\d-\d\d", entry["date"])
+        assert entry["figures"]
+        for key, figure in entry["figures"].items():
+            assert len(figure["values"]) == len(entry["seeds"]), key
+            assert (figure["low"], figure["high"]) == (min(figure["values"]), max(figure["values"])), key
+    for entry in references:
+        if entry["name"] in ranges.BUILT_IN:  # measured with the preset as it is now: a run of it finds its reference
+            preset, backend, overrides = ranges.BUILT_IN[entry["name"]]
+            run = dataclasses.asdict(settings_for(preset, backend=backend, **overrides))
+            assert ranges.reference_for(run, [entry]) is entry, (
+                f"the {preset} preset changed since its ranges were measured: "
+                f"python examples/reference_ranges.py --only {entry['name']}")
+
+
+def test_the_readme_table_of_ranges_is_what_the_script_prints_from_the_shipped_file():
+    printed = subprocess.run([sys.executable, str(ROOT / "examples" / "reference_ranges.py"), "--markdown"],
+                             capture_output=True, text=True, check=True).stdout
+    readme = (ROOT / "README.md").read_text()
+    begin, end = "<!-- reference_ranges.py --markdown: begin -->\n", "<!-- reference_ranges.py --markdown: end -->"
+    assert readme[readme.index(begin) + len(begin):readme.index(end)] == printed
+    assert "| figure |" in printed and "quick-numpy (5 seeds)" in printed
+
+
 def script(*args, cwd=None):
     return subprocess.run([sys.executable, str(ROOT / "examples" / "reference_ranges.py"), *args],
                           capture_output=True, text=True, cwd=cwd)

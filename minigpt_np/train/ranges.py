@@ -182,5 +182,10 @@ def markdown_table(references):
             step = f" (step {key.split('@')[1]})" if "@" in key and not kind.endswith("step 1") else ""
             cells.append(f"{figure['low']:.3f}-{figure['high']:.3f}{step}")
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-    lines += ["", "Measured: " + "; ".join(describe(entry) for entry in references) + "."]
+    where = {(e["commit"], e["machine"], e["date"], tuple(e["seeds"])) for e in references}
+    if len(where) == 1:  # measured together: said once
+        commit, machine, date, seeds = where.pop()
+        lines += ["", f"Measured at commit {commit} on {machine}, {date}; seeds {', '.join(map(str, seeds))}."]
+    else:
+        lines += ["", "Measured: " + "; ".join(describe(entry) for entry in references) + "."]
     return "\n".join(lines) + "\n"

@@ -145,9 +145,12 @@ def report_lines(settings, records, references):
                         "measure ranges for other settings.", ""]
     rows = verdicts(run_figures(records), entry)
     within, compared = count_within(rows)
+    seeds = len(entry["seeds"])
     lines += [f"{within} of {compared} figures lie within the range of the reference runs of these settings "
-              f"(the lowest to the highest value over their seeds; {describe(entry)}). Outside is not wrong, "
-              "but worth a look.", "", "| figure | this run | |", "|---|---|---|"]
+              f"(the lowest to the highest value over their seeds; {describe(entry)}). Outside is not wrong by "
+              f"itself: a run of the same settings falls outside a figure's range whenever it is the lowest or "
+              f"the highest of the {seeds + 1}, which chance alone does 2 times in {seeds + 1}. Look closer when a "
+              "figure lies far outside, or many do.", "", "| figure | this run | |", "|---|---|---|"]
     return lines + [f"| {label} | {value} | {verdict} |" for label, value, verdict in rows] + [""]
 
 

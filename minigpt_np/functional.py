@@ -311,6 +311,22 @@ def log_softmax(x, axis=-1):
     return Tensor.from_op(out, (x,), backward, "log_softmax")
 
 
+def log_sigmoid(x):
+    """out = log sigmoid(x) = -log(1 + exp(-x)), computed as min(x, 0) - log(1 + exp(-|x|)): no exp
+    of a large number, and no log of 0 for a very negative x.
+
+    Backward: d out / d x = 1 - sigmoid(x) = sigmoid(-x), and log sigmoid(-x) = out - x, so
+    d x = g * exp(out - x) (out - x <= 0: no overflow, and no cancellation where sigmoid(x) is near 1).
+    """
+    a = x.data
+    out = np.minimum(a, 0.0) - np.log1p(np.exp(-np.abs(a)))
+
+    def backward(grad):
+        return (grad * np.exp(out - a),)
+
+    return Tensor.from_op(out, (x,), backward, "log_sigmoid")
+
+
 def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
     """Cross-entropy of softmax(logits) against integer targets, as torch.nn.functional.cross_entropy.
 
@@ -366,5 +382,6 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
 
 __all__ = [
     "embedding", "linear", "layer_norm", "softmax_array", "softmax", "causal_mask", "masked_fill", "attention",
-    "erf", "normal_cdf", "gelu", "dropout_mask", "dropout", "log_softmax_array", "log_softmax", "cross_entropy",
+    "erf", "normal_cdf", "gelu", "dropout_mask", "dropout", "log_softmax_array", "log_softmax", "log_sigmoid",
+    "cross_entropy",
 ]

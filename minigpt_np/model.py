@@ -57,12 +57,47 @@ class TinyGPT(Module):
         ``forward(ids)[:, -last:]``, for less work (the final layer, ln_f and lm_head run at those
         positions only). Sampling needs the last position; a loss on a few positions needs those.
         """
+        return self.lm_head(self.hidden(ids, last))  # (B, T or last, C) -> (B, T or last, V)
+
+    def hidden(self, ids, last=None):
+        """The body's output before lm_head, ln_f of the last layer: a Tensor (B, T, C), or (B, last, C)."""
         ids = check_ids(ids, self.config)
         T = ids.shape[1]
         last = check_last(last, T)
         x = self.token_embed(ids) + self.pos_embed(np.arange(T))  # (B, T, C) + (T, C) -> (B, T, C)
         x = self.transformer(x, last)  # -> (B, T, C), or (B, last, C)
-        return self.lm_head(self.ln_f(x))  # (B, T or last, C) -> (B, T or last, V)
+        return self.ln_f(x)
+
+
+class RewardModel(TinyGPT):
+    """A reward model: TinyGPT's body with a scalar head in place of lm_head, read at a text's end.
+
+        ids (B, T) --TinyGPT's body and ln_f--> (B, T, C) --the position ends[b] of row b--> (B, C)
+            --reward_head--> (B, 1) --> rewards (B,)
+
+    Its parameters are TinyGPT's without lm_head, under the same names (an SFT checkpoint's weights
+    load into it), and ``reward_head.weight`` (1, C), ``reward_head.bias`` (1,), both starting at 0:
+    at first every text gets reward 0.
+    """
+
+    def __init__(self, config: GPTConfig, seed=None, kernels="fast"):
+        super().__init__(config, seed, kernels)
+        del self.lm_head
+        ops = kernels_named(kernels) if isinstance(kernels, str) else kernels
+        self.reward_head = Linear(config.d_model, 1, rng=np.random.default_rng(0), dtype=config.np_dtype, ops=ops)
+        for parameter in (self.reward_head.weight, self.reward_head.bias):
+            parameter.data[...] = 0.0
+        for name, parameter in self.named_parameters():
+            parameter.name = name
+
+    def forward(self, ids, ends):
+        """ids (B, T) as for TinyGPT, each row a text padded on the right; ends (B,): the position of each
+        text's last character (causal attention: the padding after it changes nothing there).
+        Returns the rewards, a Tensor (B,)."""
+        ids = check_ids(ids, self.config)
+        ends = check_ends(ends, ids.shape)
+        at_end = self.hidden(ids)[np.arange(ids.shape[0]), ends]  # (B, T, C) -> (B, C)
+        return self.reward_head(at_end).reshape(-1)  # (B, C) -> (B, 1) -> (B,)
 
 
 def check_last(last, T):
@@ -72,6 +107,16 @@ def check_last(last, T):
     if isinstance(last, bool) or not isinstance(last, (int, np.integer)) or last < 1:
         raise ValueError(f"last must be a positive number of positions, got {last!r}")
     return None if last >= T else int(last)
+
+
+def check_ends(ends, shape):
+    """ends as an integer array (B,), one position in 0..T-1 per row of ids of shape (B, T), or a ValueError."""
+    ends = np.asarray(ends)
+    if ends.shape != shape[:1] or ends.size and (ends.dtype.kind not in "iu" or ends.min() < 0
+                                                 or ends.max() >= shape[1]):
+        raise ValueError(f"ends must be one integer position in 0..{shape[1] - 1} per row of the "
+                         f"{shape[0]} rows, got {ends!r}")
+    return ends
 
 
 def check_ids(ids, config):

@@ -16,9 +16,9 @@ import torch.nn.functional as TF
 from torch.nn.parallel import DistributedDataParallel
 
 from minigpt_np.train.backend import IGNORE, Backend, keep_freed_memory
-from minigpt_np.model import TinyGPT as NumpyTinyGPT
+from minigpt_np.model import RewardModel as NumpyRewardModel, TinyGPT as NumpyTinyGPT
 
-from .model import TinyGPT, load_numpy_state_dict, numpy_state_dict, to_device
+from .model import RewardModel, TinyGPT, load_numpy_state_dict, numpy_state_dict, to_device
 
 
 class TorchBackend(Backend):
@@ -117,6 +117,24 @@ class TorchBackend(Backend):
             kl = (p * (log_p - log_q)).sum(dim=-1)
             loss = loss + (kl * self._tensor(kl_weights).to(logits.dtype)).sum()
         return loss
+
+    def create_reward_model(self, config, seed):
+        model = RewardModel(config)
+        load_numpy_state_dict(model, NumpyRewardModel(config, seed=seed).state_dict())
+        model = model.to(self.device)
+        if self.world_size == 1:
+            return model
+        return DistributedDataParallel(model, device_ids=[self.device] if self.device.startswith("cuda") else None)
+
+    def rewards(self, model, ids, ends):
+        return model(np.asarray(ids), np.asarray(ends))
+
+    def predict_rewards(self, model, ids, ends):
+        with torch.no_grad():
+            return model(np.asarray(ids), np.asarray(ends)).cpu().numpy()
+
+    def preference_loss(self, chosen, rejected, weight):
+        return TF.logsigmoid(chosen - rejected).sum() * -float(weight)
 
     def backward(self, loss):
         # DDP averages the ranks' gradients; the loss is this rank's share of a sum, so x world_size

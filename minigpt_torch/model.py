@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from minigpt_np.config import GPTConfig
-from minigpt_np.model import check_ids, check_last
+from minigpt_np.model import check_ends, check_ids, check_last
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -52,6 +52,10 @@ class TinyGPT(nn.Module):
 
     def logits(self, ids, last):
         """forward's computation, on an ids tensor that was checked."""
+        return self.lm_head(self.hidden(ids, last))  # (B, T or last, C) -> (B, T or last, V)
+
+    def hidden(self, ids, last=None):
+        """The body's output before lm_head (ln_f of the last layer), (B, T, C) or (B, last, C)."""
         T = ids.shape[1]
         positions = torch.arange(T, device=ids.device)
         x = self.token_embed(ids) + self.pos_embed(positions)  # (B, T, C)
@@ -63,7 +67,27 @@ class TinyGPT(nn.Module):
             for layer in earlier:
                 x = layer(x, src_mask=mask, is_causal=True)
             x = final_layer_at_last_positions(final, x, mask[T - last:])  # (B, last, C)
-        return self.lm_head(self.ln_f(x))  # (B, T or last, V)
+        return self.ln_f(x)
+
+
+class RewardModel(TinyGPT):
+    """minigpt_np.model.RewardModel in torch: TinyGPT's body, a scalar head read at each text's end."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        del self.lm_head
+        self.reward_head = nn.Linear(config.d_model, 1).to(TORCH_DTYPES[config.dtype])
+        nn.init.zeros_(self.reward_head.weight)
+        nn.init.zeros_(self.reward_head.bias)
+
+    def forward(self, ids, ends):
+        """ids (B, T) padded on the right, ends (B,) each text's last position; returns rewards (B,)."""
+        device = self.reward_head.weight.device
+        ids = check_ids(ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else ids, self.config)
+        ends = torch.as_tensor(check_ends(ends, ids.shape), device=device)
+        ids = to_device(ids, device)
+        at_end = self.hidden(ids)[torch.arange(ids.shape[0], device=device), ends]  # (B, T, C) -> (B, C)
+        return self.reward_head(at_end).reshape(-1)  # (B, C) -> (B, 1) -> (B,)
 
 
 def to_device(array, device):

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import functional as F
 from ..autograd import Tensor, no_grad
-from ..model import TinyGPT
+from ..model import RewardModel, TinyGPT
 from ..nn import kernels as kernels_named
 from ..optim import AdamW, clip_grad_norm_
 from .data import IGNORE
@@ -87,6 +87,25 @@ class Backend:
         """sum(kl_weights * KL(p || q)) - sum(entropy_weights * H(p)) as a scalar loss, per position
         p = softmax(logits), q = softmax(reference_logits) (a numpy constant; None when all
         kl_weights are 0): KL = sum_v p_v (log p_v - log q_v), H = -sum_v p_v log p_v."""
+        raise NotImplementedError
+
+    def create_reward_model(self, config, seed):
+        """A RewardModel (TinyGPT's body, a scalar head read at a text's end; minigpt_np.model) whose initial
+        weights are minigpt_np's for this seed, on every backend."""
+        raise NotImplementedError
+
+    def rewards(self, model, ids, ends):
+        """The reward model's rewards (B,) of right-padded texts ids (B, T) ending at ends (B,), recording
+        the graph for a backward pass: a handle for ``preference_loss``."""
+        raise NotImplementedError
+
+    def predict_rewards(self, model, ids, ends):
+        """The rewards as a numpy array (B,), without recording a graph."""
+        raise NotImplementedError
+
+    def preference_loss(self, chosen, rejected, weight):
+        """The Bradley-Terry loss of preference pairs, weight * sum_i -log sigmoid(chosen_i - rejected_i),
+        from two handles of ``rewards`` (row i of each is pair i)."""
         raise NotImplementedError
 
     def backward(self, loss):
@@ -211,6 +230,19 @@ class NumpyBackend(Backend):
             kl = (p * (log_p - Tensor(log_q))).sum(axis=-1)  # (B, T)
             loss = loss + (kl * Tensor(np.asarray(kl_weights, dtype=logits.dtype))).sum()
         return loss
+
+    def create_reward_model(self, config, seed):
+        return RewardModel(config, seed=seed, kernels=self.kernels)
+
+    def rewards(self, model, ids, ends):
+        return model(ids, ends)
+
+    def predict_rewards(self, model, ids, ends):
+        with no_grad():
+            return model(ids, ends).data.copy()
+
+    def preference_loss(self, chosen, rejected, weight):
+        return F.log_sigmoid(chosen - rejected).sum() * -float(weight)
 
     def backward(self, loss):
         loss.backward()

@@ -26,7 +26,7 @@ BAD_VALUES = ["-1", "-5", "nan", "inf", "-inf", "1e300", str(10**30), "0"]
 ZERO_IS_VALID = {"checkpoint_every", "dropout", "weight_decay", "rl_kl_coef", "rl_entropy_coef",
                  "rl_missing_stop_penalty", "rl_baseline_decay", "seed", "warmup", "kl_coefs",
                  "sample:temperature", "sample:seed", "compare_rl:seeds", "entropy_coef", "bench_ranks:rl_steps",
-                 "lab_steps"}
+                 "lab_steps", "sft_answer_chars", "rm_steps", "rm_sft_samples"}
 
 NUMERIC = {
     "run_all": [f.name for f in dataclasses.fields(PipelineSettings) if f.type in (int, float, "int", "float")],

@@ -18,6 +18,8 @@ from .evaluation import (FINAL_SAMPLES, degenerate_answer, policy_samples, repor
 from .inspection import report_inspection
 from .metrics import MetricsLog
 from .report import write_plots, write_report
+from .preferences import KINDS, corpus_words, preference_pairs
+from .reward_model import reward_modeling, sft_sample_preferences
 from .rl import keep_final_samples, reinforce
 from .runner import STAGES, Run, SamplingSettings, StageSettings, stream
 from .settings import _prepare_folder, backend_for, load_reward, rl_settings
@@ -83,7 +85,8 @@ def load_data(settings, notify):
 
 
 def run_pipeline(settings, notify=print):
-    """Pretraining, SFT and RL one after the other; returns (the summary of each stage, the run folder).
+    """Pretraining, SFT, the reward model (with settings.rm_steps) and RL one after the other; returns (the
+    summary of each stage, the run folder).
     With settings.resume, a stage already complete in the folder is loaded instead of trained."""
     backend = backend_for(settings)
     check_world_size(settings, backend)
@@ -103,6 +106,11 @@ def run_pipeline(settings, notify=print):
     context = _report_context(settings, data, backend)
     summaries = {}
     for stage in STAGES:
+        if stage == "rm":
+            if settings.rm_steps:
+                summaries["rm"], _ = reward_model_stage(run, settings, data)
+                _write_report_files(run, context, summaries)
+            continue
         checkpoint = run.stage_checkpoint(stage) if settings.resume else None
         if checkpoint is not None and checkpoint.complete:
             backend.load_state_dict(run.model, checkpoint.weights)
@@ -113,10 +121,14 @@ def run_pipeline(settings, notify=print):
         summaries[stage] = _finish_stage(run, stage, settings, wall_time, data, reward_fn)
         if run.writes and stage == "rl":
             context["inspection"] = report_inspection(run.folder, summaries, RL_INSTRUCTION, data.held_out_pairs[0])
-        if run.writes:
-            write_plots(run.folder, run.metrics)
-            write_report(run.folder, context, summaries, run.metrics)
+        _write_report_files(run, context, summaries)
     return summaries, run.folder
+
+
+def _write_report_files(run, context, summaries):
+    if run.writes:
+        write_plots(run.folder, run.metrics)
+        write_report(run.folder, context, summaries, run.metrics)
 
 
 def _report_context(settings, data, backend):
@@ -131,6 +143,50 @@ def _report_context(settings, data, backend):
         "machine": f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}",
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def reward_model_stage(run, settings, data):
+    """Stage rm, between SFT and RL: the reward model, learnt from preference pairs (reward_model.py).
+    Returns (its summary, its Run); a complete rm checkpoint in the folder is loaded when resuming."""
+    reward_run = _reward_model_run(run)
+    checkpoint = run.stage_checkpoint("rm") if settings.resume else None
+    if checkpoint is not None and checkpoint.complete:
+        run.backend.load_state_dict(reward_run.model, checkpoint.weights)
+        run.notify(f"rm: already complete in {run.stage_folder('rm')}, skipped")
+        return checkpoint.meta, reward_run
+    train, held_out = preference_data(run, data, settings)
+    metrics, wall_time = reward_modeling(reward_run, _stage_settings(settings, "rm"), train, held_out)
+    reward_run.metrics.log("rm", settings.rm_steps, summary=True, **metrics)
+    counts = {name: {kind: sum(p.kind == kind for p in made) for kind in KINDS if any(p.kind == kind for p in made)}
+              for name, made in (("train", train), ("held_out", held_out))}
+    reward_run.save("rm", settings.rm_steps, True, metrics=metrics,
+                    extra={"wall_time": wall_time, "model": "reward", "preference_pairs": counts})
+    return run.stage_checkpoint("rm").meta, reward_run
+
+
+def _reward_model_run(run):
+    """The reward model's Run: the SFT policy's body (its weights now) with a head that starts at 0, in the
+    same folder, metrics log and seed."""
+    backend = run.backend
+    model = backend.create_reward_model(run.config, run.seed)
+    body = {name: value for name, value in backend.state_dict(run.model).items() if name != "lm_head.weight"}
+    backend.load_state_dict(model, {**backend.state_dict(model), **body})
+    return Run(backend, model, run.config, run.tokenizer, run.folder, run.metrics, run.seed, run.sampling,
+               run.resume, run.progress, run.notify)
+
+
+def preference_data(run, data, settings):
+    """The reward model's preference pairs, for training and held out: each written answer against its
+    rejected answers of every kind (preferences.py), the SFT policy's own (run.model) among them."""
+    rng = stream(settings.seed, "preferences")
+    words = corpus_words(data.corpus.train)
+    run.backend.set_training(run.model, False)
+    made = []
+    for pairs in (data.train_pairs, data.held_out_pairs):
+        made.append(preference_pairs(pairs, words, rng)
+                    + (sft_sample_preferences(run, pairs, settings.rm_sft_samples, rng) if settings.rm_sft_samples
+                       else []))
+    return made
 
 
 def _finish_stage(run, stage, settings, wall_time, data, reward_fn):

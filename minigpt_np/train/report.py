@@ -3,6 +3,7 @@ import json
 import math
 from pathlib import Path
 
+from .preferences import KINDS
 from .ranges import load_references, report_lines
 from .rewards import original_reward
 from .evaluation import FINAL_SAMPLES
@@ -53,6 +54,8 @@ def summary_rows(summaries, columns=COLUMNS):
     """[header, row per finished stage] of the comparison table (all of COLUMNS, or the given ones), as strings."""
     rows = [["stage"] + [title for title, _ in columns]]
     for stage, summary in summaries.items():
+        if summary.get("model") == "reward":  # the reward model: not a policy, its figures are its own section's
+            continue
         rows.append([stage] + [_format(_lookup(summary, path), path) for _, path in columns])
     return rows
 
@@ -75,6 +78,10 @@ def stage_problems(summaries):
     """Lines that say where a stage's figures show it did not do its job, each with its figure and meaning.
     Empty when every stage looks as it should."""
     problems = []
+    accuracy = summaries.get("rm", {}).get("metrics", {}).get("pref_accuracy")
+    if accuracy is not None and accuracy < 0.6:
+        problems.append(f"rm: {accuracy:.0%} of the held-out preference pairs ranked right: the reward model tells "
+                        "the written answers from the rejected ones little better than chance (50%)")
     for stage in ("sft", "rl"):
         summary = summaries.get(stage, {})
         answers = [record["answer"] for record in summary.get("final_samples") or []]
@@ -112,6 +119,11 @@ PLOTS = {
                  (("train_loss", "train"), ("val_loss", "validation"))),
     "sft": ("sft_loss.png", "SFT: answer-only cross-entropy", "nats per character",
             (("train_loss", "train"), ("answer_loss", "held-out"))),
+    "rm": ("rm_loss.png", "Reward model: Bradley-Terry loss", "nats per pair",
+           (("train_loss", "train"), ("pref_loss", "held-out pairs"))),
+    "rm_accuracy": ("rm_accuracy.png", "Reward model: held-out pairs ranked right", "share of the pairs",
+                    (("pref_accuracy", "all"),) + tuple((f"pref_accuracy/{kind}", kind.replace("_", " "))
+                                                       for kind in KINDS)),
     "rl": ("rl_reward.png", "RL: reward of the step's samples", "reward (max 2.0)",
            (("reward_mean", "reward mean"), ("reward/coffee", "coffee"), ("reward/exclamation", "exclamation"),
             ("reward/length", "length"), ("heldout_reward_mean", "held-out prompts"))),
@@ -193,6 +205,7 @@ def write_report(folder, context, summaries, metrics):
     lines += [f"![{title}]({filename})" for filename, title, _, _ in PLOTS.values() if (folder / filename).exists()]
     if (folder / "rl_reward_vs_kl.png").exists():
         lines.append("![RL: reward against KL](rl_reward_vs_kl.png)")
+    lines += _reward_model_section(summaries)
     lines += _reward_hacking_section(summaries, metrics) + _rl_progress_section(folder)
     lines += context.get("inspection", []) + _samples_section(summaries)
     (folder / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -244,6 +257,27 @@ def _stages_section(context, summaries):
         lines += [f"Test after pretraining: loss {pretrain_metrics['test_loss']:.3f}, "
                   f"{pretrain_metrics['test_bpc']:.3f} bits per character.", ""]
     return lines
+
+
+def _reward_model_section(summaries):
+    """The reward model's held-out accuracy and margin per kind of rejected answer."""
+    summary = summaries.get("rm")
+    if not summary:
+        return []
+    metrics, counts = summary.get("metrics", {}), summary.get("preference_pairs", {})
+    lines = ["", "## The reward model", "",
+             f"Trained {summary.get('step')} steps on {sum(counts.get('train', {}).values())} preference pairs "
+             "(the written answer chosen, a rejected one of each kind; see preferences.py); on the "
+             f"{sum(counts.get('held_out', {}).values())} held-out pairs, made from the held-out answers, "
+             f"{metrics.get('pref_accuracy', float('nan')):.0%} are ranked right (chance: 50%), Bradley-Terry loss "
+             f"{metrics.get('pref_loss', float('nan')):.3f} (chance: ln 2 = 0.693).", "",
+             "| rejected answer | held-out pairs | ranked right | mean margin r(chosen) - r(rejected) |",
+             "|---|---|---|---|"]
+    for kind in KINDS:
+        if f"pref_accuracy/{kind}" in metrics:
+            lines.append(f"| {kind.replace('_', ' ')} | {counts.get('held_out', {}).get(kind, '–')} | "
+                         f"{metrics[f'pref_accuracy/{kind}']:.0%} | {metrics[f'pref_margin/{kind}']:.3f} |")
+    return lines + [""]
 
 
 def _rl_progress_section(folder, rows=11, shown=3):

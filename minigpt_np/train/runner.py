@@ -23,19 +23,20 @@ import numpy as np
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
-STAGES = ("pretrain", "sft", "rl")
+STAGES = ("pretrain", "sft", "rm", "rl")  # rm: the reward model, when the run has one
 
 
 # Every random stream of a run has a name, and its numbers come from (the run's seed, the name's key, and
 # any further keys such as the step): a stage or an evaluation added later leaves the others' numbers as
 # they were. The keys are arbitrary distinct integers; changing one changes that stream's draws.
 STREAMS = {
-    "pretrain": 0, "sft": 1, "rl": 2,  # each training step's batch (or rollout) and dropout masks
+    "pretrain": 0, "sft": 1, "rl": 2, "rm": 3,  # each training step's batch (or rollout) and dropout masks
     "sft/evaluation": 2_000_003,  # the format rate's samples during SFT
     "rl/evaluation": 3_000_003,  # the held-out prompts' samples during RL
     "stage_metrics": 4_000_037,  # the metrics after each stage: the final policy's answers, format rate, ...
     "report_samples": 5_000_011,  # the report's samples after each stage, one stream per prompt
     "best_of_n": 6_000_011,  # compare_rl.py's pool of SFT answers
+    "preferences": 7_000_003,  # the reward model's preference pairs: the rejected answers made and sampled
 }
 
 

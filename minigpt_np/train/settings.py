@@ -69,6 +69,12 @@ class PipelineSettings:
     sft_answer_chars: int = _setting(8, "SFT: answer characters trained per example and step, each in the window "
                                      "that sampling shows the model when it writes it (0: all of them)",
                                      valid=count(0))
+    rm_steps: int = _setting(0, "reward-model steps between SFT and RL: a reward model learnt from preference pairs "
+                             "(0: no reward model)", valid=count(0))
+    rm_lr: float = _setting(1e-4, "reward-model learning rate", valid=positive(10.0))
+    rm_eval_every: int = _setting(50, "reward-model steps between held-out accuracy checks", valid=count())
+    rm_sft_samples: int = _setting(2, "reward model: the SFT policy's answers to each training instruction that are "
+                                   "rejected beside the written answer (0: none)", valid=count(0, 1000))
     rl_steps: int = _setting(250, "RL steps", valid=count())
     rl_lr: float = _setting(2e-4, "RL learning rate", valid=positive(10.0))
     rl_eval_every: int = _setting(25, "RL steps between held-out reward checks", valid=count())

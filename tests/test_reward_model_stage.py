@@ -1,0 +1,112 @@
+"""The reward model's stage (rm, between SFT and RL, with --rm-steps): its checkpoint, figures, report section
+and plots on both backends, its start from the SFT policy, that it learns, and Ctrl-C then --resume."""
+import json
+
+import numpy as np
+import pytest
+
+from minigpt_np.train.checkpoint import load_checkpoint
+from minigpt_np.train.data import load_sft_pairs, split_pairs
+from minigpt_np.train.pipeline import _reward_model_run, run_pipeline
+from minigpt_np.train.preferences import KINDS
+from minigpt_np.train.runner import StageInterrupted
+from minigpt_np.train.settings import settings_for
+
+from .conftest import TINY, records
+from .test_pipeline import assert_same_run, interrupt_at
+
+RM = {**TINY, "rm_steps": 4, "rm_eval_every": 2}
+
+
+@pytest.fixture(scope="module", params=["numpy", "torch"])
+def rm_run(request, tmp_path_factory):
+    settings = settings_for("quick", backend=request.param, runs_dir=str(tmp_path_factory.mktemp(request.param)),
+                            name="run", **RM)
+    return request.param, *run_pipeline(settings, notify=lambda message: None)
+
+
+def test_the_reward_model_stage_leaves_its_checkpoint_between_sft_and_rl(rm_run):
+    backend, summaries, folder = rm_run
+    assert list(summaries) == ["pretrain", "sft", "rm", "rl"]
+    checkpoint = load_checkpoint(folder / "rm")
+    assert checkpoint.complete and checkpoint.step == 4 and checkpoint.meta["model"] == "reward"
+    assert "reward_head.weight" in checkpoint.weights and "lm_head.weight" not in checkpoint.weights
+    assert set(checkpoint.weights) == set(load_checkpoint(folder / "sft").weights) - {"lm_head.weight"} | {
+        "reward_head.weight", "reward_head.bias"}
+    from minigpt_torch.model import RewardModel, load_numpy_state_dict
+    load_numpy_state_dict(RewardModel(checkpoint.config), checkpoint.weights, strict=True)  # the reference loads it
+    counts = checkpoint.meta["preference_pairs"]
+    train, held_out = split_pairs(load_sft_pairs())
+    assert set(counts["train"]) == set(KINDS) and counts["train"]["shuffled"] == len(train)
+    assert counts["held_out"]["other_answer"] == len(held_out)
+    metrics = checkpoint.meta["metrics"]
+    assert 0.0 <= metrics["pref_accuracy"] <= 1.0 and metrics["pref_loss"] > 0
+    assert all(f"pref_accuracy/{kind}" in metrics and f"pref_margin/{kind}" in metrics for kind in counts["held_out"])
+
+
+def test_its_figures_are_logged_and_the_report_reads_them_out(rm_run):
+    _, summaries, folder = rm_run
+    logged = [r for r in records(folder) if r["stage"] == "rm"]
+    assert [r["step"] for r in logged if "train_loss" in r] == [1, 4]
+    assert [r["step"] for r in logged if "pref_accuracy" in r and not r.get("summary")] == [2, 4]
+    summary = [r for r in logged if r.get("summary")]
+    assert len(summary) == 1 and summary[0]["pref_accuracy"] == summaries["rm"]["metrics"]["pref_accuracy"]
+    report = (folder / "report.md").read_text()
+    section = report[report.index("## The reward model"):]
+    for kind in summaries["rm"]["preference_pairs"]["held_out"]:
+        assert f"| {kind.replace('_', ' ')} | {summaries['rm']['preference_pairs']['held_out'][kind]} |" in section
+    assert "| rm |" not in report  # the stage table compares the policy after each stage
+    assert (folder / "rm_loss.png").stat().st_size > 0 and (folder / "rm_accuracy.png").stat().st_size > 0
+
+
+def test_the_reward_model_starts_from_the_sft_policy_with_a_head_at_zero(tmp_path):
+    settings = settings_for("quick", backend="numpy", runs_dir=str(tmp_path), name="run", **{**RM, "rm_steps": 0})
+    run_pipeline(settings, notify=lambda message: None)
+    from minigpt_np.train.backend import NumpyBackend
+    from minigpt_np.train.runner import Run
+    sft = load_checkpoint(tmp_path / "run" / "sft")
+    backend = NumpyBackend()
+    policy = backend.create_model(sft.config, 0)
+    backend.load_state_dict(policy, sft.weights)
+    run = Run(backend, policy, sft.config, sft.tokenizer, tmp_path / "run", None, 0, None)
+    reward_model = _reward_model_run(run).model
+    state = backend.state_dict(reward_model)
+    for name, value in sft.weights.items():
+        if name != "lm_head.weight":
+            assert np.array_equal(state[name], value), name
+    assert not state["reward_head.weight"].any() and not state["reward_head.bias"].any()
+    assert not (tmp_path / "run" / "rm").exists()  # rm_steps 0: no reward model
+
+
+def test_the_reward_model_learns_to_rank_the_written_answers_first(tmp_path):
+    settings = settings_for("quick", backend="torch", runs_dir=str(tmp_path), name="run",
+                            **{**RM, "d_model": 32, "pretrain_steps": 60, "pretrain_lr": 1e-2, "sft_steps": 20,
+                               "sft_lr": 3e-3, "rm_steps": 80, "rm_eval_every": 80, "rm_lr": 3e-3, "rl_steps": 1})
+    summaries, folder = run_pipeline(settings, notify=lambda message: None)
+    train_losses = [r["train_loss"] for r in records(folder) if r["stage"] == "rm" and "train_loss" in r]
+    assert train_losses[0] == pytest.approx(np.log(2), abs=1e-6)  # the head starts at 0: every reward is 0
+    assert np.mean(train_losses[-3:]) < 0.5
+    assert summaries["rm"]["metrics"]["pref_accuracy"] > 0.6  # chance: 0.5
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_ctrl_c_in_the_reward_model_stage_then_resume_gives_the_unbroken_run_bit_for_bit(tmp_path, monkeypatch,
+                                                                                         backend):
+    common = dict(backend=backend, runs_dir=str(tmp_path), **RM)
+    run_pipeline(settings_for("quick", name="unbroken", **common), notify=lambda m: None)
+    interrupt_at(monkeypatch, TINY["pretrain_steps"] + TINY["sft_steps"] + 2, backend)  # during rm step 2
+    with pytest.raises(StageInterrupted, match="rm: stopped at step 2 of 4"):
+        run_pipeline(settings_for("quick", name="broken", **common), notify=lambda m: None)
+    monkeypatch.undo()
+    stopped = load_checkpoint(tmp_path / "broken" / "rm")
+    assert stopped.step == 2 and not stopped.complete and stopped.optimizer_arrays
+    messages = []
+    run_pipeline(settings_for("quick", name="broken", resume=True, **common), notify=messages.append)
+    assert "rm: resuming at step 2 of 4" in messages
+    assert_same_run(tmp_path / "broken", tmp_path / "unbroken")
+    for name, value in load_checkpoint(tmp_path / "unbroken" / "rm").weights.items():
+        assert np.array_equal(load_checkpoint(tmp_path / "broken" / "rm").weights[name], value), name
+    again = []
+    run_pipeline(settings_for("quick", name="broken", resume=True, **common), notify=again.append)
+    assert "rm: already complete in" in " ".join(again)
+    assert json.loads((tmp_path / "broken" / "settings.json").read_text())["rm_steps"] == 4

@@ -91,5 +91,16 @@ def main(argv=None):
     return 0
 
 
+def exit_process(code):
+    """Exit with code. Under torchrun, without the interpreter's teardown: every file is written and closed by
+    now, and a C++ thread that torch.distributed leaves behind (even after destroy_process_group) can abort
+    the process while Python shuts down ("terminate called without an active exception"), now and then."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -20,8 +20,9 @@ RM = {**TINY, "rm_steps": 4, "rm_eval_every": 2}
 
 @pytest.fixture(scope="module", params=["numpy", "torch"])
 def rm_run(request, tmp_path_factory):
+    """A tiny run with a reward model, RL trained against it: (backend, summaries, folder)."""
     settings = settings_for("quick", backend=request.param, runs_dir=str(tmp_path_factory.mktemp(request.param)),
-                            name="run", **RM)
+                            name="run", **{**RM, "reward": "learned", "rl_steps": 3})
     return request.param, *run_pipeline(settings, notify=lambda message: None)
 
 
@@ -89,7 +90,7 @@ def test_the_reward_model_learns_to_rank_the_written_answers_first(tmp_path):
     assert summaries["rm"]["metrics"]["pref_accuracy"] > 0.6  # chance: 0.5
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("torch", marks=pytest.mark.slow)])
 def test_ctrl_c_in_the_reward_model_stage_then_resume_gives_the_unbroken_run_bit_for_bit(tmp_path, monkeypatch,
                                                                                          backend):
     common = dict(backend=backend, runs_dir=str(tmp_path), **RM)
@@ -110,3 +111,55 @@ def test_ctrl_c_in_the_reward_model_stage_then_resume_gives_the_unbroken_run_bit
     run_pipeline(settings_for("quick", name="broken", resume=True, **common), notify=again.append)
     assert "rm: already complete in" in " ".join(again)
     assert json.loads((tmp_path / "broken" / "settings.json").read_text())["rm_steps"] == 4
+
+
+def rm_from_checkpoint(folder, backend_name):
+    """The run's trained reward model, read back from its checkpoint, as a Run for LearnedReward."""
+    from minigpt_np.train.runner import Run
+    from minigpt_np.train.settings import backend_for
+    checkpoint = load_checkpoint(folder / "rm")
+    backend = backend_for(settings_for("quick", backend=backend_name))
+    model = backend.create_reward_model(checkpoint.config, 0)
+    backend.load_state_dict(model, checkpoint.weights)
+    return Run(backend, model, checkpoint.config, checkpoint.tokenizer, folder, None, 0, None)
+
+
+def test_rl_against_the_learned_reward_is_paid_what_the_reward_model_says(rm_run):
+    from minigpt_np.train.pipeline import RL_INSTRUCTION
+    from minigpt_np.train.reward_model import LearnedReward
+    backend, summaries, folder = rm_run
+    judge = LearnedReward(rm_from_checkpoint(folder, backend))
+    tolerance = 1e-5  # float32 rewards: the same model on the same texts, in batches of other sizes
+    samples = records(folder / "rl", "samples.jsonl")
+    assert samples and all(set(record["components"]) == {"learned"} for record in samples)
+    for record in samples:
+        [again], _ = judge.score_answers([record["prompt"]], [record["answer"]])
+        assert record["reward"] == pytest.approx(again, abs=tolerance)
+    steps = [r for r in records(folder) if r["stage"] == "rl" and "reward_mean" in r and not r.get("summary")]
+    assert steps and all("reward/learned" in r and "original_reward_mean" in r for r in steps)
+    for stage in ("pretrain", "sft", "rl"):  # the table's reward column: the learned reward of each stage's answers
+        answers = [record["answer"] for record in summaries[stage]["final_samples"]]
+        totals, _ = judge.score_answers([RL_INSTRUCTION] * len(answers), answers)
+        assert summaries[stage]["metrics"]["reward_mean"] == pytest.approx(np.mean(totals), abs=tolerance), stage
+    assert "reward/learned" in summaries["sft"]["metrics"]
+
+
+def test_a_learned_reward_without_a_reward_model_is_refused_in_one_line(tmp_path, capsys):
+    from .conftest import load_cli
+    code = load_cli().main(["--reward", "learned", "--runs-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: --reward learned:") and "--rm-steps" in err[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_reward_that_reads_instructions_needs_one_per_answer():
+    from minigpt_np.train.rewards import score
+
+    class Reads:
+        def score_answers(self, instructions, answers):
+            return [float(len(i) - len(a)) for i, a in zip(instructions, answers)], {"difference": [0.0] * len(answers)}
+
+    assert score(Reads(), ["ab", "c"], ["xyz", "xyz"])[0] == [1.0, 2.0]
+    for instructions in (None, ["xyz"]):
+        with pytest.raises(ValueError, match="one per answer"):
+            score(Reads(), ["ab", "c"], instructions)

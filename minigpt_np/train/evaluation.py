@@ -79,10 +79,12 @@ def answer_metrics(run, held_out_pairs, batch_size, rng):
 
 
 def reward_metrics(run, instructions, reward_fn, samples_per_prompt, rng, prefix="reward"):
-    """Mean reward, and of each component, of sampled answers to the instructions."""
+    """Mean reward, and of each component, of sampled answers to the instructions ({} without a reward)."""
+    if reward_fn is None:
+        return {}
     answers = [text for instruction in instructions
                for text, _ in sample_answers(run, instruction, samples_per_prompt, rng)]
-    totals, components = score(reward_fn, answers)
+    totals, components = score(reward_fn, answers, [i for i in instructions for _ in range(samples_per_prompt)])
     return {f"{prefix}_mean": float(np.mean(totals)),
             **{f"{prefix}/{name}": float(np.mean(values)) for name, values in components.items()}}
 
@@ -117,7 +119,7 @@ def sample_metrics(answers, finished):
 
 def sample_records(prompts, answers, finished, rewards, components):
     """One rl/samples.jsonl record per answer: what was asked, what was said, and how it scored."""
-    return [{"prompt": prompt, "answer": answer, "reward": float(reward),
+    return [{"prompt": prompt, "answer": answer, "reward": None if reward is None else float(reward),
              "components": {name: values[i] for name, values in components.items()}, "finished": bool(done),
              **answer_readability(answer)}
             for i, (prompt, answer, done, reward) in enumerate(zip(prompts, answers, finished, rewards))]
@@ -127,7 +129,9 @@ def policy_samples(run, instruction, reward_fn, n, rng):
     """n answers to one instruction at the run's sampling settings: (metrics, one record per answer).
     metrics: reward_mean and reward/<component> by the run's reward, and sample_metrics."""
     answers, finished = zip(*sample_answers(run, instruction, n, rng))
-    totals, components = score(reward_fn, answers)
+    if reward_fn is None:  # the run's reward does not exist yet (a learnt one, before its stage)
+        return sample_metrics(answers, finished), sample_records([instruction] * n, answers, finished, [None] * n, {})
+    totals, components = score(reward_fn, answers, [instruction] * n)
     metrics = {"reward_mean": float(np.mean(totals)),
                **{f"reward/{name}": float(np.mean(values)) for name, values in components.items()},
                **sample_metrics(answers, finished)}
@@ -176,6 +180,8 @@ def report_samples(run, seed, prompts, reward_fn):
         rng = stream(seed, "report_samples", index)
         sampled = [text for text, _ in sample_answers(run, prompt, 2, rng, raw_prompt=True)]
         greedy = sample_answers(run, prompt, 1, rng, temperature=0, raw_prompt=True)[0][0]
-        rewards = score(reward_fn, sampled + [greedy])[0] if prompt.startswith("Instruction:") else None
+        instruction = prompt[len("Instruction: "):-len("\nAnswer:")] if prompt.startswith("Instruction:") else None
+        scored = instruction is not None and reward_fn is not None
+        rewards = score(reward_fn, sampled + [greedy], [instruction] * 3)[0] if scored else None
         samples.append({"prompt": prompt, "sampled": sampled, "greedy": greedy, "rewards": rewards})
     return samples

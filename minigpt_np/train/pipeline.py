@@ -19,7 +19,8 @@ from .inspection import report_inspection
 from .metrics import MetricsLog
 from .report import write_plots, write_report
 from .preferences import KINDS, corpus_words, preference_pairs
-from .reward_model import reward_modeling, sft_sample_preferences
+from .reward_model import LearnedReward, reward_modeling, sft_sample_preferences
+from .rewards import score
 from .rl import keep_final_samples, reinforce
 from .runner import STAGES, Run, SamplingSettings, StageSettings, stream
 from .settings import _prepare_folder, backend_for, load_reward, rl_settings
@@ -108,7 +109,10 @@ def run_pipeline(settings, notify=print):
     for stage in STAGES:
         if stage == "rm":
             if settings.rm_steps:
-                summaries["rm"], _ = reward_model_stage(run, settings, data)
+                summaries["rm"], reward_run = reward_model_stage(run, settings, data)
+                if settings.reward == "learned":  # RL's reward from now on; the stages before it scored now
+                    reward_fn = LearnedReward(reward_run)
+                    score_earlier_stages(summaries, reward_fn)
                 _write_report_files(run, context, summaries)
             continue
         checkpoint = run.stage_checkpoint(stage) if settings.resume else None
@@ -162,6 +166,18 @@ def reward_model_stage(run, settings, data):
     reward_run.save("rm", settings.rm_steps, True, metrics=metrics,
                     extra={"wall_time": wall_time, "model": "reward", "preference_pairs": counts})
     return run.stage_checkpoint("rm").meta, reward_run
+
+
+def score_earlier_stages(summaries, reward_fn):
+    """A reward learnt after SFT scores the answers of the stages before it to the RL prompt, kept with their
+    summaries (the same answers their other figures come from), so that the stage table compares them."""
+    for stage in ("pretrain", "sft"):
+        answers = [record["answer"] for record in summaries.get(stage, {}).get("final_samples") or []]
+        if answers:
+            totals, components = score(reward_fn, answers, [RL_INSTRUCTION] * len(answers))
+            summaries[stage]["metrics"].update(
+                {"reward_mean": float(np.mean(totals)),
+                 **{f"reward/{name}": float(np.mean(values)) for name, values in components.items()}})
 
 
 def _reward_model_run(run):
@@ -251,6 +267,9 @@ def rl_from_checkpoint(checkpoint_folder, settings, notify=print, evaluate_befor
     backend.load_state_dict(run.model, checkpoint.weights)
     backend.set_training(run.model, False)
     reward_fn = load_reward(settings.reward)
+    if reward_fn is None:
+        raise ValueError("--reward learned: RL from a checkpoint has no reward model yet; run the whole pipeline "
+                         "(examples/run_all.py --rm-steps N --reward learned)")
     if evaluate_before:  # the held-out reward before RL, as step 0 (drawn as the stage's evaluations draw)
         run.metrics.log("rl", 0, **reward_metrics(run, held_out_prompts, reward_fn, 4,
                                                   stream(run.seed, "rl/evaluation"), prefix="heldout_reward"))

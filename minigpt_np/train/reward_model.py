@@ -62,6 +62,21 @@ def preference_metrics(run, preferences, batch_size):
     return metrics
 
 
+class LearnedReward:
+    """RL's reward from the trained reward model (``--reward learned``): an answer's reward is the model's
+    reward of its text, the prompt and the answer closed by its newline; one component, "learned".
+    It reads each answer's instruction (``rewards.score`` gives them: ``score_answers``)."""
+
+    def __init__(self, run, batch_size=64):
+        self.run, self.batch_size = run, batch_size  # run: the reward model's Run
+
+    def score_answers(self, instructions, answers):
+        self.run.backend.set_training(self.run.model, False)
+        texts = [reward_text(instruction, answer + "\n") for instruction, answer in zip(instructions, answers)]
+        rewards = [float(r) for r in score_texts(self.run, texts, self.batch_size)]
+        return rewards, {"learned": rewards}
+
+
 def reward_modeling(run, settings, train_preferences, held_out_preferences):
     """Train the reward model (run.model, a RewardModel) on preference pairs with the Bradley-Terry loss.
 

@@ -56,9 +56,19 @@ def guarded_reward(answer):
 REWARDS = {"original": original_reward, "guarded": guarded_reward}
 
 
-def score(reward_fn, answers):
+def score(reward_fn, answers, instructions=None):
     """Totals (list of floats) and components (name -> list) of each answer.
+    A reward that reads the instruction too (one learnt from preferences: reward_model.LearnedReward) has
+    score_answers(instructions, answers) and gets instructions, one per answer.
     A reward that raises or gives a non-finite number is an error naming the answer."""
+    if hasattr(reward_fn, "score_answers"):
+        if instructions is None or len(instructions) != len(answers):
+            raise ValueError("this reward reads each answer's instruction: give one per answer")
+        totals, components = reward_fn.score_answers(list(instructions), list(answers))
+        bad = [i for i, total in enumerate(totals) if not math.isfinite(total)]
+        if bad:
+            raise ValueError(f"the reward gave {totals[bad[0]]} for sample {bad[0]} ({answers[bad[0]]!r})")
+        return [float(t) for t in totals], {name: [float(v) for v in values] for name, values in components.items()}
     totals, components = [], {}
     for index, answer in enumerate(answers):
         try:

@@ -286,7 +286,7 @@ def reinforce_step(run, reference, instructions, reward_fn, settings, state, rng
     backend, model, sampling = run.backend, run.model, run.sampling
     G = settings.samples_per_prompt
     group = rollout(run, instructions, G, rng, settings.windows_per_pass)                       # 1. rollouts
-    rewards, components = score(reward_fn, group.answers)                                        # 2. rewards
+    rewards, components = score(reward_fn, group.answers, group.instructions)                    # 2. rewards
     rewards = np.asarray(rewards)
     reference_logits = [backend.predict(reference, ids, targets.shape[1]) for ids, targets, _ in group.windows]
     kl_per_answer = (answer_kl(run, group, reference_logits)

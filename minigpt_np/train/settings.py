@@ -105,7 +105,8 @@ class PipelineSettings:
     rl_windows_per_pass: int = _setting(128, "RL update: sampled windows per forward/backward piece (less: "
                                         "less memory, a little slower)", valid=count(1, 10**6))
     reward: str = _setting("guarded", "reward: original (coffee, \"!\", 8-20 words), guarded (the same, paid only "
-                           "for answers that read as language), or module:function returning {component: value}")
+                           "for answers that read as language), learned (the reward model of the rm stage: needs "
+                           "--rm-steps), or module:function returning {component: value}")
 
 
 PRESETS = {
@@ -164,10 +165,16 @@ def validate(settings):
         raise ValueError(f"--rl-samples: the {settings.rl_advantage} advantage compares the samples of a prompt, "
                          f"so it needs at least 2, got {settings.rl_samples}")
     load_reward(settings.reward)
+    if settings.reward == "learned" and not settings.rm_steps:
+        raise ValueError("--reward learned: the reward model is learnt in the run's rm stage, between SFT and RL; "
+                         "give that stage steps with --rm-steps N")
 
 
 def load_reward(spec):
-    """"original", or "module:function" for a user's reward."""
+    """"original", "guarded", or "module:function" for a user's reward; None for "learned" (the reward model of
+    the run's rm stage, made when that stage has trained it)."""
+    if spec == "learned":
+        return None
     if spec in REWARDS:
         return REWARDS[spec]
     module_name, _, function_name = spec.partition(":")

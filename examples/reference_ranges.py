@@ -64,7 +64,7 @@ def parse_sets(parser, items):
     """{setting: value} of the --set items, each checked as examples/run_all.py checks its flag."""
     import run_all
     fields = {spec.name: spec for spec in dataclasses.fields(PipelineSettings)}
-    overrides, flags = {}, []
+    flags = []
     for item in items:
         name, equals, value = item.partition("=")
         if not equals:
@@ -73,12 +73,13 @@ def parse_sets(parser, items):
             parser.error(f"--set {item}: not a setting this script can change")
         flag = "--" + name.replace("_", "-")
         if fields[name].type in (bool, "bool"):
-            flags.append(flag if value.lower() in ("1", "true", "yes") else "--no-" + flag[2:])
+            if value.lower() not in ("true", "false"):
+                parser.error(f"--set {item}: {name} is true or false")
+            flags.append(flag if value.lower() == "true" else "--no-" + flag[2:])
         else:
             flags += [flag, value]
     parsed = vars(run_all.build_parser().parse_args(flags))  # a bad value: its one error line, exit 2
-    overrides.update({name: value for name, value in parsed.items() if value is not None})
-    return overrides
+    return {name: value for name, value in parsed.items() if value is not None}
 
 
 def custom_suffix(overrides):

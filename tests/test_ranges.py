@@ -215,6 +215,7 @@ def run_again_with_those_settings(tmp_path, ranges_file, entry, monkeypatch=None
     (["--set", "pretrain_steps"], "error: --set pretrain_steps: expected SETTING=VALUE"),
     (["--set", "pretrain_steps=-3"], "error: "),
     (["--set", "colour=red"], "error: "),
+    (["--set", "progress=maybe"], "error: --set progress=maybe: progress is true or false"),
     (["--markdown", "--file", "/nonexistent/ranges.json"], "error: "),
 ])
 def test_a_refused_input_is_one_error_line_and_exit_2(tmp_path, args, message):

@@ -85,6 +85,11 @@ def reward_metrics(run, instructions, reward_fn, samples_per_prompt, rng, prefix
     answers = [text for instruction in instructions
                for text, _ in sample_answers(run, instruction, samples_per_prompt, rng)]
     totals, components = score(reward_fn, answers, [i for i in instructions for _ in range(samples_per_prompt)])
+    return mean_rewards(totals, components, prefix)
+
+
+def mean_rewards(totals, components, prefix="reward"):
+    """{prefix_mean: the mean total, prefix/<component>: the mean of each component} of scored answers."""
     return {f"{prefix}_mean": float(np.mean(totals)),
             **{f"{prefix}/{name}": float(np.mean(values)) for name, values in components.items()}}
 
@@ -132,9 +137,7 @@ def policy_samples(run, instruction, reward_fn, n, rng):
     if reward_fn is None:  # the run's reward does not exist yet (a learnt one, before its stage)
         return sample_metrics(answers, finished), sample_records([instruction] * n, answers, finished, [None] * n, {})
     totals, components = score(reward_fn, answers, [instruction] * n)
-    metrics = {"reward_mean": float(np.mean(totals)),
-               **{f"reward/{name}": float(np.mean(values)) for name, values in components.items()},
-               **sample_metrics(answers, finished)}
+    metrics = {**mean_rewards(totals, components), **sample_metrics(answers, finished)}
     return metrics, sample_records([instruction] * n, answers, finished, totals, components)
 
 

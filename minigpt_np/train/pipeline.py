@@ -6,6 +6,7 @@ stage alone from a saved SFT checkpoint (``examples/compare_rl.py``).
 import dataclasses
 import platform
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,12 @@ import numpy as np
 from ..config import GPTConfig
 from .checkpoint import load_checkpoint
 from .data import (check_corpus, format_example, format_prompt, load_corpus, load_sft_pairs, split_pairs)
-from .evaluation import (FINAL_SAMPLES, degenerate_answer, policy_samples, report_samples, reward_metrics,
-                         stage_metrics)
+from .evaluation import (FINAL_SAMPLES, degenerate_answer, mean_rewards, policy_samples, report_samples,
+                         reward_metrics, stage_metrics)
 from .inspection import report_inspection
 from .metrics import MetricsLog
 from .report import write_plots, write_report
-from .preferences import KINDS, corpus_words, preference_pairs
+from .preferences import corpus_words, preference_pairs
 from .reward_model import LearnedReward, reward_modeling, sft_sample_preferences
 from .rewards import score
 from .rl import keep_final_samples, reinforce
@@ -161,8 +162,7 @@ def reward_model_stage(run, settings, data):
     train, held_out = preference_data(run, data, settings)
     metrics, wall_time = reward_modeling(reward_run, _stage_settings(settings, "rm"), train, held_out)
     reward_run.metrics.log("rm", settings.rm_steps, summary=True, **metrics)
-    counts = {name: {kind: sum(p.kind == kind for p in made) for kind in KINDS if any(p.kind == kind for p in made)}
-              for name, made in (("train", train), ("held_out", held_out))}
+    counts = {name: dict(Counter(p.kind for p in made)) for name, made in (("train", train), ("held_out", held_out))}
     reward_run.save("rm", settings.rm_steps, True, metrics=metrics,
                     extra={"wall_time": wall_time, "model": "reward", "preference_pairs": counts})
     return run.stage_checkpoint("rm").meta, reward_run
@@ -174,10 +174,8 @@ def score_earlier_stages(summaries, reward_fn):
     for stage in ("pretrain", "sft"):
         answers = [record["answer"] for record in summaries.get(stage, {}).get("final_samples") or []]
         if answers:
-            totals, components = score(reward_fn, answers, [RL_INSTRUCTION] * len(answers))
-            summaries[stage]["metrics"].update(
-                {"reward_mean": float(np.mean(totals)),
-                 **{f"reward/{name}": float(np.mean(values)) for name, values in components.items()}})
+            scored = score(reward_fn, answers, [RL_INSTRUCTION] * len(answers))
+            summaries[stage]["metrics"].update(mean_rewards(*scored))
 
 
 def _reward_model_run(run):

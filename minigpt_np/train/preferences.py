@@ -12,9 +12,10 @@ made from it, or drawn, and its kind names what a good answer is not:
     sft_sample     an answer the SFT policy wrote for the instruction (sampled when the stage starts:
                    the written answer is taken to be the better one)
 
-Answers are kept as the sampler writes them after "Answer:": a space, the text, the closing newline
-(an answer the sampler cut off at its length limit has no newline). The reward model reads
-``reward_text``: the prompt and the answer, the last context_length characters of it.
+Answers are kept as the sampler writes them after "Answer:": a space, the text, the closing newline.
+Every answer the reward model reads is closed by the newline, a sample cut off at its length limit too
+(RL's missing-stop penalty is a separate term). The reward model reads ``reward_text``: the prompt and
+the answer, the last context_length characters of it.
 """
 import re
 from dataclasses import dataclass

@@ -28,7 +28,8 @@ from .runner import train_loop
 
 def sft_sample_preferences(run, pairs, n, rng):
     """The SFT policy's own answers as rejected answers: n sampled answers to each pair's instruction,
-    each against the answer written for it (an empty answer or the written one itself is left out)."""
+    each against the answer written for it (an empty answer or the written one itself is left out), each
+    closed by the newline as the reward model reads every answer."""
     answers = sample_answers(run, [instruction for instruction, _ in pairs], n, rng)
     made = []
     for index, (text, _) in enumerate(answers):

@@ -43,3 +43,26 @@ def test_a_low_format_rate_says_whether_answers_ran_on_or_were_empty():
     assert stage_problems({"sft": sft}) == [
         "sft: format rate 0.11: most answers to the held-out prompts are not well formed (a space, some text, the "
         "closing newline): 72% ran to the length limit without the closing newline and 17% were empty"]
+
+
+def test_the_over_optimisation_section_reads_out_the_gold_peak_and_what_the_policy_said(tmp_path):
+    from minigpt_np.train.metrics import MetricsLog
+    from minigpt_np.train.report import GOLD_WINDOW, _over_optimisation_section, write_plots
+
+    (tmp_path / "rl").mkdir()
+    metrics = MetricsLog(tmp_path / "metrics.jsonl", notify=lambda message: None)
+    samples = MetricsLog(tmp_path / "rl" / "samples.jsonl", notify=lambda message: None)
+    gold = [0.1] * 10 + [0.5] * 10 + [0.2] * 10  # its trailing mean of 10 steps peaks at step 20
+    for step in range(1, 31):
+        metrics.log("rl", step, reward_mean=step / 10, kl_per_answer=2.0 * step, gold_score=gold[step - 1])
+        if step in (1, 19, 30):
+            samples.log_many("rl", step, [{"answer": f" answer of step {step}"}])
+    samples.log_many("rl", 30, [{"answer": " a final answer", "final": True}])
+    lines = "\n".join(_over_optimisation_section(tmp_path, {"sft": {"metrics": {"gold_score": 0.1}}}, metrics))
+    assert GOLD_WINDOW == 10
+    assert "| gold peak | 20 | 31.000 | 1.550 | 0.500 |" in lines       # means of steps 11-20
+    assert "| end of RL | 30 | 51.000 | 2.550 | 0.200 |" in lines       # of steps 21-30
+    assert "kept rising (1.550 → 2.550) while the gold score fell (0.500 → 0.200)" in lines
+    assert "- near the gold peak (step 19): ` answer of step 19`" in lines
+    assert "- at the end (step 30): ` answer of step 30`" in lines and "final answer" not in lines
+    assert "rl_gold.png" in write_plots(tmp_path, metrics) and (tmp_path / "rl_gold.png").stat().st_size > 0

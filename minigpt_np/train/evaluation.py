@@ -16,6 +16,7 @@ from .. import functional as F
 from ..autograd import Tensor
 from ..functional import log_softmax_array
 from .data import IGNORE, evaluation_windows, format_prompt, policy_windows, sft_windows
+from .judge import gold_score, judge_metrics, pair_share
 from .readability import answer_readability, readability_metrics
 from .rewards import REWARDS, score
 from .runner import stream
@@ -117,8 +118,8 @@ def text_metrics(answers, finished):
 
 def sample_metrics(answers, finished):
     """Everything measured on a set of sampled answers besides the training reward: length, truncation,
-    diversity, readability, and the mean of every named reward."""
-    return {**text_metrics(answers, finished), **readability_metrics(answers),
+    diversity, readability, the gold judge's figures (judge.py) and the mean of every named reward."""
+    return {**text_metrics(answers, finished), **readability_metrics(answers), **judge_metrics(answers),
             **{f"{name}_reward_mean": float(np.mean(score(fn, answers)[0])) for name, fn in REWARDS.items()}}
 
 
@@ -126,7 +127,7 @@ def sample_records(prompts, answers, finished, rewards, components):
     """One rl/samples.jsonl record per answer: what was asked, what was said, and how it scored."""
     return [{"prompt": prompt, "answer": answer, "reward": None if reward is None else float(reward),
              "components": {name: values[i] for name, values in components.items()}, "finished": bool(done),
-             **answer_readability(answer)}
+             **answer_readability(answer), "pair_share": pair_share(answer), "gold_score": gold_score(answer)}
             for i, (prompt, answer, done, reward) in enumerate(zip(prompts, answers, finished, rewards))]
 
 

@@ -7,6 +7,7 @@ from .preferences import KINDS
 from .ranges import load_references, report_lines
 from .rewards import original_reward
 from .evaluation import FINAL_SAMPLES
+from .judge import gold_peak, judge_documents
 
 # (column title, where the value is) for the stage comparison table.
 COLUMNS = (
@@ -18,6 +19,7 @@ COLUMNS = (
     ("guarded reward", "metrics.guarded_reward_mean"), ("real-word rate", "metrics.real_word_rate"),
     ("repeat rate", "metrics.repeat_rate"), ("readable", "metrics.readable_frac"), ("unique", "metrics.unique_frac"),
     ("distinct-1", "metrics.distinct_1"), ("distinct-2", "metrics.distinct_2"),
+    ("English pair share", "metrics.pair_share"), ("gold score", "metrics.gold_score"),
     ("held-out reward", "metrics.heldout_reward_mean"), ("log p(degenerate)/char", "metrics.degenerate_logprob"),
 )
 
@@ -165,7 +167,38 @@ def write_plots(folder, metrics):
                        "RL: reward against distance from the SFT policy", "KL to the SFT policy (nats per character)",
                        "reward mean")
         written.append("rl_reward_vs_kl.png")
+    if _gold_along_rl(metrics):
+        _plot_gold(plt, _gold_along_rl(metrics), Path(folder) / "rl_gold.png")
+        written.append("rl_gold.png")
     return written
+
+
+GOLD_WINDOW = 10  # RL steps in each trailing mean of the over-optimisation figures
+
+
+def _gold_along_rl(metrics):
+    """judge.gold_peak of the RL stage's steps: (curves, peak, end), or None without RL steps."""
+    steps, proxy = metrics.series("rl", "reward_mean")
+    kl, gold = metrics.series("rl", "kl_per_answer")[1], metrics.series("rl", "gold_score")[1]
+    if not steps or not len(steps) == len(kl) == len(gold):
+        return None
+    return gold_peak(steps, kl, proxy, gold, GOLD_WINDOW)
+
+
+def _plot_gold(plt, along, path):
+    """The proxy reward (left) and the gold score (right) against the KL to the SFT policy, step by step."""
+    curves, peak, _ = along
+    figure, left = plt.subplots(figsize=(7, 4))
+    right = left.twinx()
+    left.plot(curves["kl"], curves["proxy"], color="tab:blue", label="reward trained on (proxy)")
+    right.plot(curves["kl"], curves["gold"], color="tab:orange", label="gold score (judge.py)")
+    right.axvline(peak["kl"], color="tab:orange", linestyle=":", alpha=0.7)
+    right.annotate(f"gold peak, step {peak['step']}", (peak["kl"], peak["gold"]), fontsize=8,
+                   xytext=(4, 4), textcoords="offset points")
+    right.set_ylabel("gold score", color="tab:orange")
+    figure.legend(loc="lower right", fontsize=8)
+    _finish_figure(plt, figure, left, path, f"RL: proxy and gold against KL (means of {GOLD_WINDOW} steps)",
+                   "KL to the SFT policy (nats per answer)", "reward trained on")
 
 
 def _reward_band(axes, metrics):
@@ -205,8 +238,11 @@ def write_report(folder, context, summaries, metrics):
     lines += [f"![{title}]({filename})" for filename, title, _, _ in PLOTS.values() if (folder / filename).exists()]
     if (folder / "rl_reward_vs_kl.png").exists():
         lines.append("![RL: reward against KL](rl_reward_vs_kl.png)")
+    if (folder / "rl_gold.png").exists():
+        lines.append("![RL: the reward trained on and the gold judge against KL](rl_gold.png)")
     lines += _reward_model_section(summaries)
-    lines += _reward_hacking_section(summaries, metrics) + _rl_progress_section(folder)
+    lines += _reward_hacking_section(summaries, metrics) + _over_optimisation_section(folder, summaries, metrics)
+    lines += _rl_progress_section(folder)
     lines += context.get("inspection", []) + _samples_section(summaries)
     (folder / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -247,7 +283,9 @@ def _stages_section(context, summaries):
              f"the held-out pairs; on {FINAL_SAMPLES} samples for the RL prompt, the mean reward (the run's "
              "reward and its components, then the original and the guarded reward), how much the answers "
              "read as language (real-word rate, repeat rate, and the readable share: real-word rate >= 0.9 "
-             "and no word more than twice; see readability.py) and the share of distinct answers.", "",
+             "and no word more than twice; see readability.py), the share of distinct answers, and the gold "
+             "judge's figures (judge.py: the share of the answers' adjacent word pairs found in an English text "
+             "that no stage reads, and the gold score, that share for an answer that says coffee).", "",
              markdown_table(summary_rows(summaries)), ""]
     problems = stage_problems(summaries)
     if problems:
@@ -280,16 +318,53 @@ def _reward_model_section(summaries):
     return lines + [""]
 
 
+def _over_optimisation_section(folder, summaries, metrics, shown=3):
+    """Where the gold score peaked along RL, at what KL, and what the policy said there and at the end."""
+    along = _gold_along_rl(metrics)
+    if along is None:
+        return []
+    _, peak, end = along
+    by_step = _kept_samples(folder)
+    said = {}
+    for name, where in (("peak", peak), ("end", end)):
+        if by_step:
+            step = min(by_step, key=lambda kept: (abs(kept - where["step"]), kept))
+            said[name] = (step, " · ".join(f"`{_one_line(r['answer'])}`" for r in by_step[step][:shown]))
+    sft = summaries.get("sft", {}).get("metrics", {})
+    lines = ["", "## Over-optimisation: the reward trained on against a gold judge", "",
+             f"The gold judge (judge.py) reads what no stage trains on: the share of an answer's adjacent word pairs "
+             f"found in {len(judge_documents())} pieces of ordinary English, counted for answers that say coffee. Means of "
+             f"{GOLD_WINDOW} RL steps (the step's answers; the SFT policy's {FINAL_SAMPLES} answers scored "
+             f"{_format(sft.get('gold_score'))}):", "",
+             "| where | step | KL per answer (nats) | reward trained on | gold score |", "|---|---|---|---|---|",
+             f"| gold peak | {peak['step']} | {_format(peak['kl'])} | {_format(peak['proxy'])} | {_format(peak['gold'])} |",
+             f"| end of RL | {end['step']} | {_format(end['kl'])} | {_format(end['proxy'])} | {_format(end['gold'])} |",
+             ""]
+    if end["step"] != peak["step"] and end["proxy"] > peak["proxy"] and end["gold"] < peak["gold"]:
+        lines += [f"Past the gold peak the reward trained on kept rising ({_format(peak['proxy'])} → "
+                  f"{_format(end['proxy'])}) while the gold score fell ({_format(peak['gold'])} → "
+                  f"{_format(end['gold'])}): the policy was optimising the reward past what it measures.", ""]
+    for name, label in (("peak", "near the gold peak"), ("end", "at the end")):
+        if name in said:
+            lines.append(f"- {label} (step {said[name][0]}): {said[name][1]}")
+    return lines
+
+
+def _kept_samples(folder):
+    """{step: [records]} of the RL answers rl/samples.jsonl kept (not the final policy's)."""
+    path = Path(folder) / "rl" / "samples.jsonl"
+    by_step = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            if not record.get("final"):
+                by_step.setdefault(record["step"], []).append(record)
+    return by_step
+
+
 def _rl_progress_section(folder, rows=11, shown=3):
     """How the policy moved: the first answers to the RL prompt at evenly spaced RL steps (from rl/samples.jsonl)."""
-    path = Path(folder) / "rl" / "samples.jsonl"
-    if not path.exists():
-        return []
-    by_step = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        if not record.get("final"):
-            by_step.setdefault(record["step"], []).append(record)
+    by_step = _kept_samples(folder)
     if not by_step:
         return []
     steps = sorted(by_step)
@@ -343,7 +418,9 @@ def _reward_hacking_section(summaries, metrics):
                   f"{_format(after['original_reward_mean'])} (the guarded one "
                   f"{_format(before['guarded_reward_mean'])} → {_format(after['guarded_reward_mean'])}), the "
                   f"readable share {_format(before['readable_frac'])} → {_format(after['readable_frac'])}, the "
-                  f"repeat rate {_format(before['repeat_rate'])} → {_format(after['repeat_rate'])}. A reward that "
+                  f"repeat rate {_format(before['repeat_rate'])} → {_format(after['repeat_rate'])}, the English "
+                  f"pair share {_format(before.get('pair_share'))} → {_format(after.get('pair_share'))} and the "
+                  f"gold score {_format(before.get('gold_score'))} → {_format(after.get('gold_score'))}. A reward that "
                   "climbs while the readable share falls has been hacked: the policy found answers that score "
                   "without saying what the reward was written to ask for."]
     final = summaries.get("rl", {}).get("final_samples")

@@ -144,11 +144,49 @@ def test_rl_against_the_learned_reward_is_paid_what_the_reward_model_says(rm_run
     assert "reward/learned" in summaries["sft"]["metrics"]
 
 
-def test_a_learned_reward_without_a_reward_model_is_refused_in_one_line(tmp_path, capsys):
+def test_rl_from_checkpoint_against_the_combined_reward_pays_the_original_gated_by_the_reward_model(rm_run, tmp_path):
+    """combined: each component of the original reward times sigmoid(r(answer) - the mean r of the written
+    answers to the training instructions), recomputed here from the saved reward model."""
+    from minigpt_np.train.pipeline import rl_from_checkpoint
+    from minigpt_np.train.reward_model import LearnedReward
+    from minigpt_np.train.rewards import original_reward
+    backend, _, folder = rm_run
+    settings = settings_for("quick", backend=backend, runs_dir=str(tmp_path), name="combined",
+                            **{**RM, "reward": "combined", "rl_steps": 2})
+    run, _, final = rl_from_checkpoint(folder / "sft", settings, notify=lambda m: None, reward_model=folder / "rm")
+    judge = LearnedReward(rm_from_checkpoint(folder, backend))
+    train, _ = split_pairs(load_sft_pairs())
+    r_written = np.mean(judge.rewards([i for i, _ in train], [f" {a}" for _, a in train]))
+    samples = records(tmp_path / "combined" / "rl", "samples.jsonl")
+    assert len(samples) > 64 and all(set(r["components"]) == {"coffee", "exclamation", "length"} for r in samples)
+    for record in samples:
+        [r] = judge.rewards([record["prompt"]], [record["answer"]])
+        gate = 1 / (1 + np.exp(-(r - r_written)))
+        for name, value in original_reward(record["answer"]).items():
+            assert record["components"][name] == pytest.approx(value * gate, rel=1e-5, abs=1e-6), name
+        assert record["reward"] == pytest.approx(sum(record["components"].values()), rel=0, abs=1e-9)
+    from minigpt_np.train.reward_model import CombinedReward
+    tagline, salad = " Coffee first, then we chase the ball all morning long!", " coffee coffee coffee coffee!"
+    totals, components = CombinedReward(judge, train).score_answers(["Write a tagline."] * 2, [tagline, salad])
+    r = judge.rewards(["Write a tagline."] * 2, [tagline, salad])
+    gates = 1 / (1 + np.exp(-(r - r_written)))
+    assert totals == pytest.approx([2.0 * gates[0], 1.5 * gates[1]], rel=1e-6, abs=0)
+    assert components["length"] == pytest.approx([0.5 * gates[0], 0.0], rel=1e-6, abs=0)
+    assert "reward/coffee" in final and "gold_score" in final
+    with pytest.raises(ValueError, match="holds a policy, not a reward model"):
+        rl_from_checkpoint(folder / "sft", settings_for("quick", backend=backend, runs_dir=str(tmp_path), name="p",
+                                                        **{**RM, "reward": "combined"}), reward_model=folder / "sft")
+    with pytest.raises(ValueError, match="--reward learned: RL from a checkpoint needs a trained reward model"):
+        rl_from_checkpoint(folder / "sft", settings_for("quick", backend=backend, runs_dir=str(tmp_path), name="n",
+                                                        **{**RM, "reward": "learned"}))
+
+
+@pytest.mark.parametrize("reward", ["learned", "combined"])
+def test_a_learned_reward_without_a_reward_model_is_refused_in_one_line(tmp_path, capsys, reward):
     from .conftest import load_cli
-    code = load_cli().main(["--reward", "learned", "--runs-dir", str(tmp_path / "runs")])
+    code = load_cli().main(["--reward", reward, "--runs-dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("error: --reward learned:") and "--rm-steps" in err[0]
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: --reward {reward}:") and "--rm-steps" in err[0]
     assert not (tmp_path / "runs").exists()
 
 

@@ -20,11 +20,11 @@ from .inspection import report_inspection
 from .metrics import MetricsLog
 from .report import write_plots, write_report
 from .preferences import corpus_words, preference_pairs
-from .reward_model import LearnedReward, reward_modeling, sft_sample_preferences
+from .reward_model import learned_reward, reward_modeling, sft_sample_preferences
 from .rewards import score
 from .rl import keep_final_samples, reinforce
 from .runner import STAGES, Run, SamplingSettings, StageSettings, stream
-from .settings import _prepare_folder, backend_for, load_reward, rl_settings
+from .settings import LEARNED_REWARDS, _prepare_folder, backend_for, load_reward, rl_settings
 from .stages import pretrain, sft
 from .tokenizer import CharTokenizer
 
@@ -111,8 +111,8 @@ def run_pipeline(settings, notify=print):
         if stage == "rm":
             if settings.rm_steps:
                 summaries["rm"], reward_run = reward_model_stage(run, settings, data)
-                if settings.reward == "learned":  # RL's reward from now on; the stages before it scored now
-                    reward_fn = LearnedReward(reward_run)
+                if settings.reward in LEARNED_REWARDS:  # RL's reward from now on; the stages before it scored now
+                    reward_fn = learned_reward(settings.reward, reward_run, data.train_pairs)
                     score_earlier_stages(summaries, reward_fn)
                 _write_report_files(run, context, summaries)
             continue
@@ -249,13 +249,14 @@ def _stage_settings(settings, stage):
                          max_grad_norm=settings.grad_clip, log_every=1 if stage == "rl" else 10)
 
 
-def rl_from_checkpoint(checkpoint_folder, settings, notify=print, evaluate_before=False):
+def rl_from_checkpoint(checkpoint_folder, settings, notify=print, evaluate_before=False, reward_model=None):
     """The RL stage alone, starting from a saved (SFT) checkpoint, in the run folder of settings.
 
     The model's shape and vocabulary come from the checkpoint; RL, sampling and seed settings from
-    settings. evaluate_before: also log the held-out reward before RL, as step 0. Returns (run, wall
-    time in seconds, the final policy's metrics on FINAL_SAMPLES answers); every number is in run.metrics,
-    the answers of the last steps and the final ones in rl/samples.jsonl.
+    settings. evaluate_before: also log the held-out reward before RL, as step 0. reward_model: the folder
+    of a trained reward model (a run's rm stage, from this SFT checkpoint), for settings.reward learned or
+    combined. Returns (run, wall time in seconds, the final policy's metrics on FINAL_SAMPLES answers); every
+    number is in run.metrics, the answers of the last steps and the final ones in rl/samples.jsonl.
     """
     checkpoint = load_checkpoint(checkpoint_folder)
     backend = backend_for(settings)
@@ -266,8 +267,7 @@ def rl_from_checkpoint(checkpoint_folder, settings, notify=print, evaluate_befor
     backend.set_training(run.model, False)
     reward_fn = load_reward(settings.reward)
     if reward_fn is None:
-        raise ValueError("--reward learned: RL from a checkpoint has no reward model yet; run the whole pipeline "
-                         "(examples/run_all.py --rm-steps N --reward learned)")
+        reward_fn = reward_from_checkpoint(settings.reward, reward_model, run, split_pairs(pairs)[0])
     if evaluate_before:  # the held-out reward before RL, as step 0 (drawn as the stage's evaluations draw)
         run.metrics.log("rl", 0, **reward_metrics(run, held_out_prompts, reward_fn, 4,
                                                   stream(run.seed, "rl/evaluation"), prefix="heldout_reward"))
@@ -278,6 +278,22 @@ def rl_from_checkpoint(checkpoint_folder, settings, notify=print, evaluate_befor
                                     stream(settings.seed, "stage_metrics"))
     _log_summary(run, "rl", settings.rl_steps, final, records)
     return run, wall_time, final
+
+
+def reward_from_checkpoint(kind, reward_model, run, written_pairs):
+    """The learned or combined reward (kind) from a saved reward model (its rm stage folder), which must read
+    the policy's vocabulary and context."""
+    if reward_model is None:
+        raise ValueError(f"--reward {kind}: RL from a checkpoint needs a trained reward model: a run's rm stage "
+                         f"(examples/run_all.py --rm-steps N)")
+    checkpoint = load_checkpoint(reward_model, expect_config=run.config, expect_tokenizer=run.tokenizer)
+    if checkpoint.meta.get("model") != "reward":
+        raise ValueError(f"--reward-model: {reward_model} holds a policy, not a reward model (a run's rm folder)")
+    model = run.backend.create_reward_model(checkpoint.config, run.seed)
+    run.backend.load_state_dict(model, checkpoint.weights)
+    reward_run = Run(run.backend, model, run.config, run.tokenizer, run.folder, run.metrics, run.seed, run.sampling,
+                     progress=False, notify=run.notify)
+    return learned_reward(kind, reward_run, written_pairs)
 
 
 __all__ = ["run_pipeline", "rl_from_checkpoint"]

@@ -23,6 +23,7 @@ import numpy as np
 
 from .evaluation import sample_answers
 from .preferences import KINDS, Preference, reward_batch, reward_text
+from .rewards import original_reward
 from .runner import train_loop
 
 
@@ -71,11 +72,48 @@ class LearnedReward:
     def __init__(self, run, batch_size=64):
         self.run, self.batch_size = run, batch_size  # run: the reward model's Run
 
-    def score_answers(self, instructions, answers):
+    def rewards(self, instructions, answers):
+        """The reward model's reward of each answer (as sampled: a space first, no newline), a numpy array."""
         self.run.backend.set_training(self.run.model, False)
         texts = [reward_text(instruction, answer + "\n") for instruction, answer in zip(instructions, answers)]
-        rewards = [float(r) for r in score_texts(self.run, texts, self.batch_size)]
+        return score_texts(self.run, texts, self.batch_size)
+
+    def score_answers(self, instructions, answers):
+        rewards = [float(r) for r in self.rewards(instructions, answers)]
         return rewards, {"learned": rewards}
+
+
+class CombinedReward:
+    """``--reward combined``: the original reward's intent, paid only where the reward model judges the answer
+    a tagline. Each component of the original reward (coffee, "!", 8 to 20 words; rewards.py) is multiplied by
+
+        gate = sigmoid(r(answer) - r_written)
+
+    r_written: the mean reward of the written answers to the training instructions. Under Bradley-Terry,
+    sigmoid(r(a) - r(b)) is the probability that a is preferred to b, so the gate is the reward model's
+    probability that the answer beats a written answer of average reward: about 0.5 for an answer it rates
+    like the written ones, near 0 for one it rates like a rejected one, whatever offset and scale its rewards
+    were learnt at (only differences mean anything in them). At most 2.0, as the original."""
+
+    def __init__(self, learned, written_pairs):
+        self.learned = learned  # a LearnedReward
+        instructions = [instruction for instruction, _ in written_pairs]
+        self.r_written = float(np.mean(learned.rewards(instructions, [f" {answer}" for _, answer in written_pairs])))
+
+    def score_answers(self, instructions, answers):
+        gates = 1.0 / (1.0 + np.exp(-(self.learned.rewards(instructions, answers) - self.r_written)))
+        components = {}
+        for answer, gate in zip(answers, gates):
+            for name, value in original_reward(answer).items():
+                components.setdefault(name, []).append(float(value * gate))
+        totals = [float(sum(values)) for values in zip(*components.values())] if components else []
+        return totals, components
+
+
+def learned_reward(kind, reward_run, written_pairs):
+    """The reward RL trains on from a trained reward model (reward_run): kind "learned" or "combined"."""
+    learned = LearnedReward(reward_run)
+    return learned if kind == "learned" else CombinedReward(learned, written_pairs)
 
 
 def reward_modeling(run, settings, train_preferences, held_out_preferences):

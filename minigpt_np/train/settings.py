@@ -16,6 +16,9 @@ from .runner import STAGES
 from .validation import PROBABILITY, SEED, coefficient, count, flag, positive
 
 
+LEARNED_REWARDS = ("learned", "combined")  # the rewards made from the rm stage's reward model
+
+
 def _setting(default, help, choices=None, valid=None):
     """A setting: its default, its --help text, and its allowed choices or numeric range (validation.Range)."""
     return field(default=default, metadata={"help": help, "choices": choices, "range": valid})
@@ -106,7 +109,9 @@ class PipelineSettings:
                                         "less memory, a little slower)", valid=count(1, 10**6))
     reward: str = _setting("guarded", "reward: original (coffee, \"!\", 8-20 words), guarded (the same, paid only "
                            "for answers that read as language), learned (the reward model of the rm stage: needs "
-                           "--rm-steps), or module:function returning {component: value}")
+                           "--rm-steps), combined (the original, paid in proportion to the reward model's "
+                           "probability that the answer beats a written one: needs --rm-steps), or module:function "
+                           "returning {component: value}")
 
 
 PRESETS = {
@@ -165,15 +170,15 @@ def validate(settings):
         raise ValueError(f"--rl-samples: the {settings.rl_advantage} advantage compares the samples of a prompt, "
                          f"so it needs at least 2, got {settings.rl_samples}")
     load_reward(settings.reward)
-    if settings.reward == "learned" and not settings.rm_steps:
-        raise ValueError("--reward learned: the reward model is learnt in the run's rm stage, between SFT and RL; "
-                         "give that stage steps with --rm-steps N")
+    if settings.reward in LEARNED_REWARDS and not settings.rm_steps:
+        raise ValueError(f"--reward {settings.reward}: the reward model is learnt in the run's rm stage, between SFT "
+                         "and RL; give that stage steps with --rm-steps N")
 
 
 def load_reward(spec):
-    """"original", "guarded", or "module:function" for a user's reward; None for "learned" (the reward model of
-    the run's rm stage, made when that stage has trained it)."""
-    if spec == "learned":
+    """"original", "guarded", or "module:function" for a user's reward; None for "learned" and "combined" (from
+    the reward model of the run's rm stage, made when that stage has trained it: reward_model.learned_reward)."""
+    if spec in LEARNED_REWARDS:
         return None
     if spec in REWARDS:
         return REWARDS[spec]

@@ -4,9 +4,15 @@
     python examples/compare_rl.py runs/seed-torch/sft --budget        # the default comparison (< 15 min, 2 cores)
     python examples/compare_rl.py runs/seed-torch/sft                 # the whole grid (hours on a CPU)
 
-RL runs: reward (original, guarded) x KL coefficient x advantage estimator x seed, each sampling the same
-number of answers (steps x samples per step), all from the checkpoint, with its run's sampling settings;
---entropy-coef and --split-duplicates apply to every run. The seed preset's RL method, from its SFT
+RL runs: reward x KL coefficient x advantage estimator x seed, each sampling the same number of answers
+(steps x samples per step), all from the checkpoint, with its run's sampling settings; --entropy-coef and
+--split-duplicates apply to every run. The rewards: original, guarded, and with --reward-model (the rm
+folder of a run with --rm-steps, whose SFT checkpoint is the one compared) learned and combined:
+
+    python examples/run_all.py --backend torch --preset quick --rm-steps 100 --rm-lr 1e-3
+    python examples/compare_rl.py runs/quick-torch/sft --reward-model runs/quick-torch/rm \
+        --rewards original guarded learned combined --advantages rloo --kl-coefs 0.05 0.2 --entropy-coef 0.2 \
+        --split-duplicates --lr 1e-3 --steps 150 --samples 8 --best-of 1 4 16 64 --pool 512 The seed preset's RL method, from its SFT
 checkpoint (3 runs of 250 steps, the target's figures):
 
     python examples/compare_rl.py runs/seed-torch/sft --rewards guarded --advantages rloo --kl-coefs 0.2 \
@@ -14,17 +20,21 @@ checkpoint (3 runs of 250 steps, the target's figures):
 
 After each run the final policy answers the RL prompt 64 times; those answers give the final figures:
 the original and the guarded reward, real-word rate, repeat rate, readable share (real-word rate >= 0.9
-and no word more than twice), unique share and distinct-2. "last steps" is the mean original reward of
-the run's last --last steps; "KL" the mean exact KL to the SFT policy per answer (nats, summed over the
-answer's characters) over those steps.
+and no word more than twice), unique share, distinct-2, and the gold judge's (minigpt_np/train/judge.py,
+which no reward trains on): the English pair share and the gold score. "last steps" is the mean original
+reward of the run's last --last steps; "KL" the mean exact KL to the SFT policy per answer (nats, summed
+over the answer's characters) over those steps; "gold peak" the highest mean gold score of 10 consecutive
+steps along the run, with the KL of those steps: where optimising the reward stopped buying what it meant.
 
 Best-of-N, no training: a pool of --pool answers sampled from the SFT policy, split into groups of N, and
 from each group the best answer by the reward kept, for each reward and N; its KL to the SFT policy is
 the bound log N - (N-1)/N and the estimate from the pool's reward levels (minigpt_np/train/best_of_n.py).
 
-Writes <out>/comparison.md (the table, mean +- std over seeds), frontier.png (final original reward
-against KL per answer, coloured by real-word rate, best-of-N among the RL runs), curves.png (original
-reward and readable share per step), results.json (every figure of every run). A new comparison in the
+Writes <out>/comparison.md (the table, mean +- std over seeds, and the SFT pool's pair share as written and
+with its words shuffled), frontier.png (final original reward against KL per answer, coloured by real-word
+rate, best-of-N among the RL runs), curves.png (original reward and readable share per step),
+overoptimisation.png (for each reward: the reward trained on and the gold score against KL, along the RL
+runs and for best-of-N), results.json (every figure of every run). A new comparison in the
 same --out folder replaces the runs of the old one.
 """
 import argparse
@@ -38,8 +48,10 @@ import numpy as np
 
 from minigpt_np.train import best_of_n
 from minigpt_np.train.checkpoint import CheckpointError, load_checkpoint
-from minigpt_np.train.pipeline import RL_INSTRUCTION, rl_from_checkpoint
-from minigpt_np.train.settings import backend_for, settings_for
+from minigpt_np.train.data import load_sft_pairs, split_pairs
+from minigpt_np.train.judge import gold_peak, judge_metrics, shuffled_pair_share, trailing_mean
+from minigpt_np.train.pipeline import RL_INSTRUCTION, reward_from_checkpoint, rl_from_checkpoint
+from minigpt_np.train.settings import LEARNED_REWARDS, backend_for, settings_for
 from minigpt_np.train.rewards import REWARDS, score
 from minigpt_np.train.evaluation import sample_answers, sample_metrics
 from minigpt_np.train.rl import ADVANTAGES
@@ -54,10 +66,14 @@ GRID = dict(rewards=list(REWARDS), kl_coefs=[0.0, 0.05, 0.2, 0.5], advantages=["
             steps=150, samples=16, lr=1e-4, best_of=[1, 4, 16, 64], pool=1024)
 BUDGET = dict(rewards=list(REWARDS), kl_coefs=[0.0, 0.2], advantages=["none", "rloo"], seeds=[0, 1, 2],
               steps=40, samples=8, lr=3e-4, best_of=[1, 4, 16, 64], pool=512)
-FIGURES = ("last_original", "original_reward_mean", "guarded_reward_mean", "real_word_rate", "repeat_rate",
-           "readable_frac", "unique_frac", "distinct_2", "kl_per_answer", "wall_time")
+REWARD_CHOICES = list(REWARDS) + list(LEARNED_REWARDS)
+GOLD_WINDOW = 10  # steps in each mean of the gold peak
+FINAL = ("original_reward_mean", "guarded_reward_mean", "real_word_rate", "repeat_rate", "readable_frac",
+         "unique_frac", "distinct_2", "pair_share", "gold_score")  # the final answers' figures
+FIGURES = ("last_original", *FINAL, "gold_peak", "gold_peak_kl", "kl_per_answer", "wall_time")
 HEADERS = ("original reward, last steps", "final: original", "guarded", "real-word rate", "repeat rate",
-           "readable", "unique", "distinct-2", "KL per answer (nats)", "wall time (s)")
+           "readable", "unique", "distinct-2", "English pair share", "gold score", "gold peak (10 steps)",
+           "KL at the gold peak", "KL per answer (nats)", "wall time (s)")
 
 
 def run_settings(checkpoint, args, reward, advantage, kl_coef, seed, name):
@@ -65,11 +81,13 @@ def run_settings(checkpoint, args, reward, advantage, kl_coef, seed, name):
     saved = Path(checkpoint).parent / "settings.json"
     base = json.loads(saved.read_text()) if saved.exists() else {}
     keep = {k: base[k] for k in ("temperature", "top_k", "max_new_tokens", "sft_file") if k in base}
+    # a learned reward comes from a reward model trained rm steps (its checkpoint's), as in the run it came from
+    rm_steps = load_checkpoint(args.reward_model).step if reward in LEARNED_REWARDS and args.reward_model else 0
     return settings_for(base.get("preset", "seed"), **keep, backend=args.backend, device=args.device,
                         runs_dir=str(args.out), name=name, seed=seed, progress=False, rl_steps=args.steps,
                         rl_lr=args.lr, rl_samples=args.samples, rl_advantage=advantage, rl_kl_coef=kl_coef,
                         rl_eval_every=args.steps, rl_entropy_coef=args.entropy_coef,
-                        rl_split_duplicates=args.split_duplicates, reward=reward)
+                        rl_split_duplicates=args.split_duplicates, reward=reward, rm_steps=rm_steps)
 
 
 def parse(argv):
@@ -79,7 +97,10 @@ def parse(argv):
                         help=f"the default comparison, small enough for 2 CPU cores in under 15 minutes: {BUDGET}")
     parser.add_argument("--backend", default="torch", choices=("torch", "numpy"), help="default torch")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--rewards", nargs="+", choices=list(REWARDS), help=f"default {GRID['rewards']}")
+    parser.add_argument("--rewards", nargs="+", choices=REWARD_CHOICES, help=f"default {GRID['rewards']}")
+    parser.add_argument("--reward-model", type=Path,
+                        help="the rm folder of a run with --rm-steps (from the same SFT checkpoint): for the rewards "
+                             "learned and combined")
     parser.add_argument("--kl-coefs", type=float, nargs="+", help=f"betas (default {GRID['kl_coefs']})")
     parser.add_argument("--entropy-coef", type=float, default=0.0,
                         help="weight of the entropy bonus in every RL run (default 0)")
@@ -109,6 +130,11 @@ def main(argv=None):
             raise ValueError(f"--out: {args.out} is a file, not a folder")
         if max(args.best_of) > args.pool:
             raise ValueError(f"--best-of: {max(args.best_of)} is more than the --pool of {args.pool} answers")
+        learned = [reward for reward in args.rewards if reward in LEARNED_REWARDS]
+        if learned and args.reward_model is None:
+            raise ValueError(f"--rewards {learned[0]}: needs --reward-model, the rm folder of a run with --rm-steps")
+        if args.reward_model is not None and load_checkpoint(args.reward_model).meta.get("model") != "reward":
+            raise ValueError(f"--reward-model: {args.reward_model} holds no reward model (a run's rm folder does)")
         for reward in args.rewards:
             for advantage in args.advantages:
                 for kl_coef in args.kl_coefs:
@@ -120,12 +146,12 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        baseline = best_of_n_baseline(args)
+        baseline, sft = best_of_n_baseline(args)
         results = rl_runs(args)
     except (CheckpointError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    write_results(args, results, baseline, time.perf_counter() - started)
+    write_results(args, results, baseline, sft, time.perf_counter() - started)
     return 0
 
 
@@ -144,19 +170,25 @@ def rl_runs(args):
                     name = f"{reward}-{advantage}-beta{kl_coef:g}-seed{seed}"
                     shutil.rmtree(args.out / name, ignore_errors=True)
                     run, wall_time, final = rl_from_checkpoint(args.checkpoint, run_settings(
-                        args.checkpoint, args, reward, advantage, kl_coef, seed, name), notify=lambda message: None)
+                        args.checkpoint, args, reward, advantage, kl_coef, seed, name), notify=lambda message: None,
+                        reward_model=args.reward_model)
                     def last(figure, run=run):  # the mean of the run's last --last steps
                         return float(np.mean(run.metrics.series("rl", figure)[1][-args.last:]))
 
-                    figures = {**{k: final[k] for k in FIGURES[1:-2]}, "last_original": last("original_reward_mean"),
+                    curves = {k: run.metrics.series("rl", k)[1] for k in
+                              ("original_reward_mean", "readable_frac", "kl_per_answer", "reward_mean", "gold_score")}
+                    _, peak, _ = gold_peak(run.metrics.series("rl", "gold_score")[0], curves["kl_per_answer"],
+                                           curves["reward_mean"], curves["gold_score"], GOLD_WINDOW)
+                    figures = {**{k: final[k] for k in FINAL}, "last_original": last("original_reward_mean"),
                                "kl_per_answer": last("kl_per_answer"), "wall_time": wall_time,
-                               "curves": {k: run.metrics.series("rl", k)[1]
-                                          for k in ("original_reward_mean", "readable_frac", "kl_per_answer")}}
+                               "gold_peak": peak["gold"], "gold_peak_kl": peak["kl"], "gold_peak_step": peak["step"],
+                               "curves": curves}
                     results[method].append(figures)
                     done += 1
                     print(f"[{done}/{total}] {method}, seed {seed}: original reward {figures['last_original']:.3f} "
                           f"(last {args.last} steps), final {final['original_reward_mean']:.3f}, readable "
-                          f"{final['readable_frac']:.2f}, KL {figures['kl_per_answer']:.2f} nats per answer "
+                          f"{final['readable_frac']:.2f}, gold {final['gold_score']:.3f} (peak {peak['gold']:.3f} at "
+                          f"KL {peak['kl']:.1f}), KL {figures['kl_per_answer']:.2f} nats per answer "
                           f"({wall_time:.0f} s)", flush=True)
     return results
 
@@ -180,16 +212,23 @@ def best_of_n_baseline(args):
     print(f"best-of-N: {len(pool)} answers sampled from the SFT policy in {seconds:.0f} s", flush=True)
     answers, finished = [a for a, _ in pool], [f for _, f in pool]
     results = {}
+    written = split_pairs(load_sft_pairs(settings.sft_file or None))[0]
     for reward in args.rewards:
-        rewards = score(REWARDS[reward], answers)[0]
+        reward_fn = (reward_from_checkpoint(reward, args.reward_model, run, written) if reward in LEARNED_REWARDS
+                     else REWARDS[reward])
+        rewards = score(reward_fn, answers, [RL_INSTRUCTION] * len(answers))[0]
         for n in args.best_of:
             chosen = best_of_n.choose(rewards, n)
             figures = sample_metrics([answers[i] for i in chosen], [finished[i] for i in chosen])
             results[f"best-of-{n} by {reward}"] = [{
-                **{k: figures[k] for k in FIGURES[1:-2]}, "last_original": None,
+                **{k: figures[k] for k in FINAL}, "last_original": None, "gold_peak": None, "gold_peak_kl": None,
                 "kl_per_answer": best_of_n.kl_estimate(rewards, n), "kl_bound": best_of_n.kl_bound(n),
+                "proxy": float(np.mean([rewards[i] for i in chosen])),
                 "wall_time": seconds * n / len(pool) * len(chosen), "answers": len(chosen)}]
-    return results
+    sft = {"pair_share": judge_metrics(answers)["pair_share"],
+           "shuffled_pair_share": shuffled_pair_share(answers, stream(settings.seed, "shuffled_words")),
+           "gold_score": judge_metrics(answers)["gold_score"], "answers": len(answers)}
+    return results, sft
 
 
 def _cell(values, digits=3):
@@ -201,7 +240,7 @@ def _cell(values, digits=3):
     return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
 
 
-def write_results(args, results, baseline, seconds):
+def write_results(args, results, baseline, sft, seconds):
     rows = ["| method | " + " | ".join(HEADERS) + " |", "|---|" + "---|" * len(HEADERS)]
     for method, runs in {**baseline, **results}.items():
         cells = [_cell([r[k] for r in runs], 1 if k == "wall_time" else 3) for k in FIGURES]
@@ -214,14 +253,20 @@ def write_results(args, results, baseline, seconds):
              f"at lr {args.lr:g}; "
              f"seeds {args.seeds} (mean ± std over seeds); final figures on 64 answers of the final policy; "
              f"best-of-N from a pool of {args.pool} SFT answers (each of its figures on pool / N answers). "
-             f"Whole comparison: {seconds / 60:.1f} minutes.", "", *rows, "",
-             "![original reward against KL](frontier.png)", "", "![curves](curves.png)", ""]
+             f"Whole comparison: {seconds / 60:.1f} minutes.", "",
+             f"The gold judge (minigpt_np/train/judge.py) on the pool of {sft['answers']} SFT answers: English pair "
+             f"share {sft['pair_share']:.3f} as written, {sft['shuffled_pair_share']:.3f} with each answer's words "
+             f"shuffled; gold score {sft['gold_score']:.3f}.", "", *rows, "",
+             "![original reward against KL](frontier.png)", "", "![curves](curves.png)", "",
+             "![the reward trained on and the gold score against KL](overoptimisation.png)", ""]
     (args.out / "comparison.md").write_text("\n".join(lines), encoding="utf-8")
     (args.out / "results.json").write_text(json.dumps({"settings": {k: str(v) if isinstance(v, Path) else v
                                                                     for k, v in vars(args).items()},
-                                                       "best_of_n": baseline, "rl": results}, indent=1))
+                                                       "sft_pool": sft, "best_of_n": baseline, "rl": results},
+                                                      indent=1))
     plot_frontier(results, baseline, args.out / "frontier.png")
     plot_curves(results, args.out / "curves.png")
+    plot_overoptimisation(args.rewards, results, baseline, sft, args.out / "overoptimisation.png")
     print("\n".join(rows))
     print(f"\nwritten: {args.out / 'comparison.md'}, frontier.png, curves.png, results.json "
           f"({seconds / 60:.1f} minutes)")
@@ -234,7 +279,7 @@ def plot_frontier(results, baseline, path):
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 5.5))
-    markers = {"original": "o", "guarded": "s"}
+    markers = {"original": "o", "guarded": "s", "learned": "^", "combined": "D"}
     points = None
     for method, runs in {**results, **baseline}.items():
         reward = method.split(" by ")[-1] if method.startswith("best-of") else method.split(",")[0].split()[-1]
@@ -251,12 +296,53 @@ def plot_frontier(results, baseline, path):
     axes.set_xscale("log")
     axes.set_xlabel("KL to the SFT policy per answer (nats; log scale, 0 drawn at 1e-3)")
     axes.set_ylabel("original reward of the final answers (max 2.0)")
-    axes.set_title("Original reward against KL to SFT\n(o RL on the original reward, outlined squares RL on the "
-                   "guarded one, stars best-of-N)", fontsize=10)
+    axes.set_title("Original reward against KL to SFT\n(RL on the original o, the guarded s (outlined), the learned ^ "
+                   "and the combined reward D; stars best-of-N)", fontsize=10)
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def plot_overoptimisation(rewards, results, baseline, sft, path):
+    """One panel per reward: the reward trained on (left axis) and the gold score (right) against KL per
+    answer: RL runs as lines (means of GOLD_WINDOW steps, one line per run), best-of-N by that reward as stars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, panels = plt.subplots(1, len(rewards), figsize=(4.5 * len(rewards), 4), squeeze=False)
+    for axes, reward in zip(panels[0], rewards):
+        gold_axes = axes.twinx()
+        for method, runs in results.items():
+            if method.split(",")[0] != f"RL {reward}":
+                continue
+            for r in runs:
+                kl = trailing(r["curves"]["kl_per_answer"])
+                axes.plot(kl, trailing(r["curves"]["reward_mean"]), color="tab:blue", alpha=0.6, linewidth=1)
+                gold_axes.plot(kl, trailing(r["curves"]["gold_score"]), color="tab:orange", alpha=0.8, linewidth=1)
+                gold_axes.plot([r["gold_peak_kl"]], [r["gold_peak"]], "o", color="tab:orange", markersize=4)
+        best = [runs[0] for method, runs in baseline.items() if method.endswith(f" by {reward}")]
+        axes.plot([b["kl_per_answer"] for b in best], [b["proxy"] for b in best], "*", color="tab:blue",
+                  markersize=10, label="best-of-N: reward")
+        gold_axes.plot([b["kl_per_answer"] for b in best], [b["gold_score"] for b in best], "*", color="tab:orange",
+                       markersize=10, label="best-of-N: gold")
+        gold_axes.axhline(sft["gold_score"], color="tab:orange", linestyle=":", alpha=0.6)
+        axes.set_title(f"trained on / chosen by: {reward}", fontsize=10)
+        axes.set_xlabel("KL to the SFT policy (nats per answer)")
+        axes.set_ylabel(f"{reward} reward (blue)")
+        gold_axes.set_ylabel("gold score (orange; dotted: SFT)")
+        axes.grid(alpha=0.3)
+    figure.suptitle(f"Over-optimisation: the reward trained on and the gold judge\n(lines: RL runs, means of "
+                    f"{GOLD_WINDOW} steps, dots at the gold peak; stars: best-of-N)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def trailing(values):
+    return trailing_mean(values, GOLD_WINDOW)
 
 
 def plot_curves(results, path):

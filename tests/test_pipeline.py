@@ -11,6 +11,7 @@ from safetensors.numpy import load_file
 
 from minigpt_np.train import backend as backend_module
 from minigpt_np.train.checkpoint import load_checkpoint
+from minigpt_np.train.judge import gold_score, pair_share
 from minigpt_np.train.pipeline import run_pipeline
 from minigpt_np.train.settings import RunFolderError, settings_for
 from minigpt_np.train.readability import answer_readability
@@ -325,6 +326,37 @@ def test_compare_rl_writes_the_table_the_plots_and_every_figure(tmp_path, capsys
     best_of_four = results["best_of_n"]["best-of-4 by original"][0]
     assert best_of_four["answers"] == 2 and best_of_four["original_reward_mean"] >= best_of_one["original_reward_mean"]
     assert "(bound 0.636)" in table
+    assert run["gold_score"] == np.mean([gold_score(r["answer"]) for r in final])  # the gold judge's figures
+    assert run["pair_share"] == np.mean([pair_share(r["answer"]) for r in final])
+    gold = [r["gold_score"] for r in records(out / "guarded-rloo-beta0.1-seed1")
+            if r["stage"] == "rl" and "gold_score" in r and not r.get("summary")]
+    assert len(gold) == 2 and run["gold_peak"] == max(gold[0], (gold[0] + gold[1]) / 2)  # means of up to 10 steps
+    assert (out / "overoptimisation.png").read_bytes()[:4] == b"\x89PNG" and "English pair share" in table
+
+
+def test_compare_rl_against_the_learned_and_the_combined_reward_of_a_saved_reward_model(tmp_path, capsys):
+    """--reward-model: RL and best-of-N by the learned and the combined reward; without it, one error line."""
+    settings = settings_for("quick", backend="numpy", runs_dir=str(tmp_path), name="base",
+                            **{**TINY, "rl_steps": 1, "rm_steps": 2, "rm_eval_every": 2})
+    run_pipeline(settings, notify=lambda message: None)
+    compare = load_cli("compare_rl")
+    base, out = tmp_path / "base", tmp_path / "compare"
+    common = [str(base / "sft"), "--backend", "numpy", "--steps", "2", "--samples", "2", "--seeds", "0",
+              "--advantages", "rloo", "--kl-coefs", "0.1", "--best-of", "1", "2", "--pool", "4", "--out", str(out)]
+    assert compare.main(common + ["--rewards", "combined"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --rewards combined: needs --reward-model, the rm folder of a "
+                                               "run with --rm-steps")
+    assert compare.main(common + ["--rewards", "learned", "--reward-model", str(base / "sft")]) == 2
+    assert "holds no reward model" in capsys.readouterr().err
+    assert compare.main(common + ["--rewards", "learned", "combined", "--reward-model", str(base / "rm")]) == 0
+    table = (out / "comparison.md").read_text()
+    for reward in ("learned", "combined"):
+        assert f"| RL {reward}, rloo, beta=0.1 |" in table and f"| best-of-2 by {reward} |" in table
+        samples = records(out / f"{reward}-rloo-beta0.1-seed0" / "rl", "samples.jsonl")
+        names = {"learned"} if reward == "learned" else {"coffee", "exclamation", "length"}
+        assert samples and all(set(r["components"]) == names for r in samples)
+    results = json.loads((out / "results.json").read_text())
+    assert 0 <= results["sft_pool"]["shuffled_pair_share"] <= 1 and results["sft_pool"]["answers"] == 4
 
 
 @pytest.mark.slow

@@ -37,6 +37,7 @@ STREAMS = {
     "report_samples": 5_000_011,  # the report's samples after each stage, one stream per prompt
     "best_of_n": 6_000_011,  # compare_rl.py's pool of SFT answers
     "preferences": 7_000_003,  # the reward model's preference pairs: the rejected answers made and sampled
+    "shuffled_words": 8_000_009,  # the gold judge's pair share of answers with their words shuffled
 }
 
 

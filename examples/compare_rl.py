@@ -312,8 +312,12 @@ def plot_overoptimisation(rewards, results, baseline, sft, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, panels = plt.subplots(1, len(rewards), figsize=(4.5 * len(rewards), 4), squeeze=False)
-    for axes, reward in zip(panels[0], rewards):
+    columns = min(2, len(rewards))
+    rows = -(-len(rewards) // columns)
+    figure, panels = plt.subplots(rows, columns, figsize=(6 * columns, 4 * rows), squeeze=False)
+    for axes in panels.flat[len(rewards):]:
+        axes.set_visible(False)
+    for axes, reward in zip(panels.flat, rewards):
         gold_axes = axes.twinx()
         for method, runs in results.items():
             if method.split(",")[0] != f"RL {reward}":

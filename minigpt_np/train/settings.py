@@ -117,7 +117,7 @@ class PipelineSettings:
 PRESETS = {
     "seed": {},  # the defaults above: the original model, pretraining and SFT, and this project's RL method
     "quick": dict(data="embedded", d_model=64, context_length=128, batch_size=16, pretrain_steps=600,
-                  pretrain_lr=4e-3, pretrain_eval_every=150, sft_steps=120, sft_lr=1e-3, sft_eval_every=40,
+                  pretrain_lr=4e-3, pretrain_eval_every=150, sft_steps=160, sft_lr=1e-3, sft_eval_every=40,
                   rl_steps=150, rl_lr=1e-3, rl_samples=8, rl_eval_every=50, max_new_tokens=96, eval_windows=48),
 }
 

@@ -167,8 +167,9 @@ def write_plots(folder, metrics):
                        "RL: reward against distance from the SFT policy", "KL to the SFT policy (nats per character)",
                        "reward mean")
         written.append("rl_reward_vs_kl.png")
-    if _gold_along_rl(metrics):
-        _plot_gold(plt, _gold_along_rl(metrics), Path(folder) / "rl_gold.png")
+    along = _gold_along_rl(metrics)
+    if along:
+        _plot_gold(plt, along, Path(folder) / "rl_gold.png")
         written.append("rl_gold.png")
     return written
 

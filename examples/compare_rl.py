@@ -225,9 +225,8 @@ def best_of_n_baseline(args):
                 "kl_per_answer": best_of_n.kl_estimate(rewards, n), "kl_bound": best_of_n.kl_bound(n),
                 "proxy": float(np.mean([rewards[i] for i in chosen])),
                 "wall_time": seconds * n / len(pool) * len(chosen), "answers": len(chosen)}]
-    sft = {"pair_share": judge_metrics(answers)["pair_share"],
-           "shuffled_pair_share": shuffled_pair_share(answers, stream(settings.seed, "shuffled_words")),
-           "gold_score": judge_metrics(answers)["gold_score"], "answers": len(answers)}
+    sft = {**judge_metrics(answers), "answers": len(answers),
+           "shuffled_pair_share": shuffled_pair_share(answers, stream(settings.seed, "shuffled_words"))}
     return results, sft
 
 

@@ -16,7 +16,7 @@ not pretraining (corpus/documents/), not SFT, not the rewards, not the list of r
 
 Words are readability.words (lower case, no punctuation); a pair never spans two paragraphs of the text.
 Written English shares many of its pairs with any other English ("of the", "in the", "a cup"), word salad
-few: the built-in SFT answers score about 0.20 as written and about 0.09 with their words shuffled
+few: the built-in SFT answers score about 0.22 as written and about 0.09 with their words shuffled
 (``shuffled_pair_share``), real words in an order no English text uses. The judge is coarse by design: it
 knows nothing of meaning beyond word order, and it pays nothing for "!" or length, which is why it is a
 judge of the rewards and not one more reward.
@@ -90,5 +90,8 @@ def gold_peak(steps, kl, proxy, gold, window=10):
     peaked and where the run ended, each {"step", "kl", "proxy", "gold"}. Returns (curves, peak, end)."""
     curves = {"step": np.asarray(steps), "kl": trailing_mean(kl, window), "proxy": trailing_mean(proxy, window),
               "gold": trailing_mean(gold, window)}
-    at = lambda i: {name: float(values[i]) if name != "step" else int(values[i]) for name, values in curves.items()}
+
+    def at(i):
+        return {name: int(values[i]) if name == "step" else float(values[i]) for name, values in curves.items()}
+
     return curves, at(int(np.argmax(curves["gold"]))), at(len(steps) - 1)

@@ -3,8 +3,8 @@ import math
 import pytest
 
 from minigpt_np.train.readability import (answer_readability, most_repeats, readability_metrics, readable,
-                                          real_word_rate, real_words, words)
-from minigpt_np.train.rewards import REWARDS, guarded_reward, original_reward, score
+                                          real_word_rate, real_words, taught_pair_rate, taught_pairs, words)
+from minigpt_np.train.rewards import REWARDS, fluent_reward, guarded_reward, original_reward, score
 
 
 def test_original_reward_components():
@@ -72,3 +72,49 @@ def test_guarded_reward_pays_the_original_for_readable_taglines_only():
         for name, value in guarded_reward(text).items():
             assert 0.0 <= value <= original_reward(text)[name]
     assert REWARDS["guarded"] is guarded_reward
+
+
+# ---------------------------------------------------------------------------- the fluent reward: taught word pairs
+def test_taught_pairs_come_from_the_corpus_and_the_sft_pairs_within_a_paragraph():
+    from minigpt_np.train.data import embedded_corpus, load_sft_pairs
+
+    known = taught_pairs()
+    instruction, answer = load_sft_pairs()[0]
+    for text in (instruction, answer, embedded_corpus().train.split("\n")[0]):
+        found = words(text)
+        assert set(zip(found, found[1:])) <= known
+    assert 5000 < len(known) < 20000 and ("of", "the") in known and ("the", "of") not in known
+    # no pair spans two paragraphs: the last word of a paragraph and the first of the next are not a pair by that
+    paragraphs = [p for p in embedded_corpus().train.split("\n") if words(p)]
+    joins = {(words(a)[-1], words(b)[0]) for a, b in zip(paragraphs, paragraphs[1:])}
+    inside = {pair for p in paragraphs for pair in zip(words(p), words(p)[1:])}
+    assert joins - inside and not (joins - inside) & known
+
+
+def test_taught_pair_rate_by_hand():
+    assert taught_pair_rate(" of the") == 1.0 and taught_pair_rate(" the of") == 0.0
+    assert taught_pair_rate(" Coffee") == 0.0 and taught_pair_rate("") == 0.0  # no pair at all
+    assert taught_pair_rate(" of the of") == 0.5  # (of the) taught, (the of) not
+
+
+def test_fluent_reward_pays_the_guarded_reward_for_taught_word_order():
+    assert fluent_reward(TAGLINE) == guarded_reward(TAGLINE)  # a written SFT answer: every pair taught
+    assert taught_pair_rate(TAGLINE) == 1.0
+    # the same words in an order nobody writes: real words, readable, the guarded reward's full score; no pair taught
+    salad = " long morning all ball the chase we then first Coffee!"
+    assert sum(guarded_reward(salad).values()) == 2.0 and taught_pair_rate(salad) == 0.0
+    assert sum(fluent_reward(salad).values()) == 0.0
+    # gate rate / 0.6: a rate of 0.3 pays half the guarded reward, 0.6 or more all of it
+    for text in (TAGLINE, salad, HACKED, " Coffee is for the body and to a lead!", " Each an every weight form good can work coffee!"):
+        gate = min(1.0, taught_pair_rate(text) / 0.6)
+        expected = {name: value * gate for name, value in guarded_reward(text).items()}
+        got = fluent_reward(text)
+        assert got.keys() == expected.keys()
+        assert all(abs(got[name] - expected[name]) <= 1e-15 for name in got)
+    # by hand: (of the) is taught, (the xqzt) and (xqzt coffee) are not: rate 1/3, gate (1/3) / 0.6 = 5/9;
+    # the guarded gate: 3 real words of 4, (0.75 - 0.6) / 0.4 = 0.375, times 4 words of 8: 0.1875
+    assert ("of", "the") in taught_pairs() and not {("the", "xqzt"), ("xqzt", "coffee")} & taught_pairs()
+    assert abs(fluent_reward(" of the xqzt coffee!")["coffee"] - 0.1875 * 5 / 9) <= 1e-15
+    # (of the), (the coffee) taught: 2 of 3, above 0.6, the guarded reward in full
+    assert ("the", "coffee") in taught_pairs() and fluent_reward(" of the coffee xqzt!") == guarded_reward(" of the coffee xqzt!")
+    assert REWARDS["fluent"] is fluent_reward

@@ -114,8 +114,8 @@ TRIED = [
     (["--data", "embedded", "--train-file", "README.md"], "error: --train-file: given with --data embedded, which "
                                                           "trains on the built-in corpus; drop it, or use --data wikitext"),
     (["--sft-file", "nowhere.jsonl"], "error: --sft-file: nowhere.jsonl is not a file"),
-    (["--reward", "nowhere"], "error: --reward: unknown reward 'nowhere'; use one of original, guarded or "
-                              "module:function"),
+    (["--reward", "nowhere"], "error: --reward: unknown reward 'nowhere'; use one of original, guarded, "
+                              "fluent or module:function"),
     (["--backend", "torch", "--kernels", "plain"], "error: --kernels: plain is for the numpy backend; the torch "
                                                    "backend has one form of its ops"),
 ]

@@ -53,7 +53,28 @@ def guarded_reward(answer):
     return {name: value * gate for name, value in original_reward(answer).items()}
 
 
-REWARDS = {"original": original_reward, "guarded": guarded_reward}
+def fluent_reward(answer):
+    """The guarded reward, paid for word order too: its components times one more gate,
+
+        min(taught_pair_rate / 0.6, 1)
+
+    taught_pair_rate is the share of the answer's adjacent word pairs that stand side by side somewhere in the
+    texts the model was taught (readability.py). The guarded reward checks words, and a policy trained on it
+    learns words in any order: "Each an every weight form good can work coffee!" is readable, has the
+    guarded reward's full 2.0, and none of its 8 pairs taught. Here it gets nothing; " Coffee is for the body
+    and to a lead!" (7 of 8 pairs taught: "and to" is not) keeps its 2.0, and an answer with a third of its
+    pairs taught gets 5/9 of its guarded reward. A gate that pays from the first taught pair on, not from a
+    threshold, gives a policy that writes few real words (the quick preset's, after SFT) a signal to climb. A written SFT answer has every
+    pair taught and scores as on the guarded reward. The pairs are those of the embedded corpus whatever a run
+    pretrains on, as the real words are.
+    """
+    from .readability import taught_pair_rate
+
+    gate = min(1.0, taught_pair_rate(answer) / 0.6)
+    return {name: value * gate for name, value in guarded_reward(answer).items()}
+
+
+REWARDS = {"original": original_reward, "guarded": guarded_reward, "fluent": fluent_reward}
 
 
 def score(reward_fn, answers, instructions=None):

@@ -108,8 +108,9 @@ class PipelineSettings:
     rl_windows_per_pass: int = _setting(128, "RL update: sampled windows per forward/backward piece (less: "
                                         "less memory, a little slower)", valid=count(1, 10**6))
     reward: str = _setting("guarded", "reward: original (coffee, \"!\", 8-20 words), guarded (the same, paid only "
-                           "for answers that read as language), learned (the reward model of the rm stage: needs "
-                           "--rm-steps), combined (the original, paid in proportion to the reward model's "
+                           "for answers of real words), fluent (the guarded reward, paid in proportion to the "
+                           "answer's word pairs the model was taught), learned (the reward model of the rm stage: "
+                           "needs --rm-steps), combined (the original, paid in proportion to the reward model's "
                            "probability that the answer beats a written one: needs --rm-steps), or module:function "
                            "returning {component: value}")
 
@@ -176,7 +177,7 @@ def validate(settings):
 
 
 def load_reward(spec):
-    """"original", "guarded", or "module:function" for a user's reward; None for "learned" and "combined" (from
+    """"original", "guarded", "fluent", or "module:function" for a user's reward; None for "learned" and "combined" (from
     the reward model of the run's rm stage, made when that stage has trained it: reward_model.learned_reward)."""
     if spec in LEARNED_REWARDS:
         return None

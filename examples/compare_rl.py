@@ -6,7 +6,7 @@
 
 RL runs: reward x KL coefficient x advantage estimator x seed, each sampling the same number of answers
 (steps x samples per step), all from the checkpoint, with its run's sampling settings; --entropy-coef and
---split-duplicates apply to every run. The rewards: original, guarded, and with --reward-model (the rm
+--split-duplicates apply to every run. The rewards: original, guarded, fluent, and with --reward-model (the rm
 folder of a run with --rm-steps, whose SFT checkpoint is the one compared) learned and combined:
 
     python examples/run_all.py --backend torch --preset quick --rm-steps 100 --rm-lr 1e-3
@@ -15,11 +15,11 @@ folder of a run with --rm-steps, whose SFT checkpoint is the one compared) learn
         --split-duplicates --lr 1e-3 --steps 150 --samples 8 --best-of 1 4 16 64 --pool 512 The seed preset's RL method, from its SFT
 checkpoint (3 runs of 250 steps, the target's figures):
 
-    python examples/compare_rl.py runs/seed-torch/sft --rewards guarded --advantages rloo --kl-coefs 0.2 \
+    python examples/compare_rl.py runs/seed-torch/sft --rewards fluent --advantages rloo --kl-coefs 0.2 \
         --entropy-coef 0.2 --split-duplicates --lr 2e-4 --steps 250 --samples 16 --best-of 1 --pool 16
 
 After each run the final policy answers the RL prompt 64 times; those answers give the final figures:
-the original and the guarded reward, real-word rate, repeat rate, readable share (real-word rate >= 0.9
+the original, the guarded and the fluent reward, real-word rate, repeat rate, readable share (real-word rate >= 0.9
 and no word more than twice), unique share, distinct-2, and the gold judge's (minigpt_np/train/judge.py,
 which no reward trains on): the English pair share and the gold score. "last steps" is the mean original
 reward of the run's last --last steps; "KL" the mean exact KL to the SFT policy per answer (nats, summed
@@ -64,14 +64,14 @@ RANGES = {"steps": count(1, 10**6), "samples": count(1, 4096), "lr": positive(10
 # The whole grid, and the budget preset (each setting given on the command line overrides either).
 GRID = dict(rewards=list(REWARDS), kl_coefs=[0.0, 0.05, 0.2, 0.5], advantages=["none", "rloo"], seeds=[0, 1, 2],
             steps=150, samples=16, lr=1e-4, best_of=[1, 4, 16, 64], pool=1024)
-BUDGET = dict(rewards=list(REWARDS), kl_coefs=[0.0, 0.2], advantages=["none", "rloo"], seeds=[0, 1, 2],
+BUDGET = dict(rewards=["original", "guarded"], kl_coefs=[0.0, 0.2], advantages=["none", "rloo"], seeds=[0, 1, 2],
               steps=40, samples=8, lr=3e-4, best_of=[1, 4, 16, 64], pool=512)
 REWARD_CHOICES = list(REWARDS) + list(LEARNED_REWARDS)
 GOLD_WINDOW = 10  # steps in each mean of the gold peak
-FINAL = ("original_reward_mean", "guarded_reward_mean", "real_word_rate", "repeat_rate", "readable_frac",
-         "unique_frac", "distinct_2", "pair_share", "gold_score")  # the final answers' figures
+FINAL = ("original_reward_mean", "guarded_reward_mean", "fluent_reward_mean", "real_word_rate", "repeat_rate",
+         "readable_frac", "unique_frac", "distinct_2", "pair_share", "gold_score")  # the final answers' figures
 FIGURES = ("last_original", *FINAL, "gold_peak", "gold_peak_kl", "kl_per_answer", "wall_time")
-HEADERS = ("original reward, last steps", "final: original", "guarded", "real-word rate", "repeat rate",
+HEADERS = ("original reward, last steps", "final: original", "guarded", "fluent", "real-word rate", "repeat rate",
            "readable", "unique", "distinct-2", "English pair share", "gold score", "gold peak (10 steps)",
            "KL at the gold peak", "KL per answer (nats)", "wall time (s)")
 
@@ -278,7 +278,7 @@ def plot_frontier(results, baseline, path):
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 5.5))
-    markers = {"original": "o", "guarded": "s", "learned": "^", "combined": "D"}
+    markers = {"original": "o", "guarded": "s", "fluent": "P", "learned": "^", "combined": "D"}
     points = None
     for method, runs in {**results, **baseline}.items():
         reward = method.split(" by ")[-1] if method.startswith("best-of") else method.split(",")[0].split()[-1]
@@ -286,7 +286,7 @@ def plot_frontier(results, baseline, path):
         points = axes.scatter(kl, [r["original_reward_mean"] for r in runs], c=[r["real_word_rate"] for r in runs],
                               cmap="viridis", vmin=0.5, vmax=1.0, s=90 if method.startswith("best-of") else 40,
                               marker="*" if method.startswith("best-of") else markers.get(reward, "o"),
-                              edgecolors="black" if reward == "guarded" else "none", linewidths=0.6)
+                              edgecolors="black" if reward in ("guarded", "fluent") else "none", linewidths=0.6)
         if method.startswith("best-of"):
             axes.annotate(method.replace("best-of-", "N=").replace(" by ", ", "), (kl[0], runs[0]["original_reward_mean"]),
                           fontsize=7, xytext=(4, -10), textcoords="offset points")
@@ -356,7 +356,7 @@ def plot_curves(results, path):
 
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
     for method, runs in results.items():
-        style = "-" if "guarded" in method else "--"
+        style = "-" if "guarded" in method or "fluent" in method else "--"
         for axes, figure_name in ((top, "original_reward_mean"), (bottom, "readable_frac")):
             curves = np.array([r["curves"][figure_name] for r in runs])
             axes.plot(np.arange(1, curves.shape[1] + 1), curves.mean(axis=0), style, label=method.removeprefix("RL "))

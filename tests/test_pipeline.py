@@ -15,7 +15,7 @@ from minigpt_np.train.judge import gold_score, pair_share
 from minigpt_np.train.pipeline import run_pipeline
 from minigpt_np.train.settings import RunFolderError, settings_for
 from minigpt_np.train.readability import answer_readability
-from minigpt_np.train.rewards import guarded_reward, original_reward
+from minigpt_np.train.rewards import fluent_reward, original_reward
 from minigpt_np.train.runner import StageInterrupted, TrainingDiverged
 
 from .conftest import TINY, WIKITEXT_DIR, flags, load_cli, records
@@ -75,8 +75,8 @@ def test_rl_keeps_every_answer_of_the_last_steps_and_the_final_policys_with_thei
     kept = records(folder / "rl", "samples.jsonl")
     assert [(r["step"], r.get("final", False)) for r in kept] == [(1, False)] * 2 + [(2, False)] * 2 + [(2, True)] * 64
     for record in kept:
-        assert record["reward"] == sum(guarded_reward(record["answer"]).values())  # the default reward
-        assert record["components"] == guarded_reward(record["answer"])
+        assert record["reward"] == sum(fluent_reward(record["answer"]).values())  # the default reward
+        assert record["components"] == fluent_reward(record["answer"])
         assert {k: record[k] for k in ("real_word_rate", "repeat_rate", "readable")} == answer_readability(record["answer"])
         assert record["prompt"] == "Give a creative tagline for coffee before practice." and record["stage"] == "rl"
     assert len({r["answer"] for r in kept}) > 1
@@ -87,7 +87,7 @@ def test_the_rl_summary_is_computed_from_the_final_answers(quick_run):
     final = [r for r in records(folder / "rl", "samples.jsonl") if r.get("final")]
     rl_summary = summaries["rl"]["metrics"]
     assert rl_summary["readable_frac"] == np.mean([r["readable"] for r in final])
-    assert rl_summary["guarded_reward_mean"] == np.mean([r["reward"] for r in final]) == rl_summary["reward_mean"]
+    assert rl_summary["fluent_reward_mean"] == np.mean([r["reward"] for r in final]) == rl_summary["reward_mean"]
     assert rl_summary["original_reward_mean"] == np.mean([sum(original_reward(r["answer"]).values()) for r in final])
     assert rl_summary["unique_frac"] == len({r["answer"] for r in final}) / 64
 
@@ -96,7 +96,8 @@ def test_every_logged_record_names_its_stage_and_step_and_rl_steps_log_readabili
     _, folder = quick_run
     step_records = [r for r in records(folder) if r["stage"] == "rl" and not r.get("summary") and "reward_mean" in r]
     assert step_records
-    assert all({"real_word_rate", "repeat_rate", "readable_frac", "guarded_reward_mean"} <= set(r) for r in step_records)
+    assert all({"real_word_rate", "repeat_rate", "readable_frac", "guarded_reward_mean", "fluent_reward_mean"} <= set(r)
+               for r in step_records)
     assert all(r["stage"] in ("pretrain", "sft", "rl") and isinstance(r["step"], int) for r in records(folder))
 
 

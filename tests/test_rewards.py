@@ -100,21 +100,22 @@ def test_taught_pair_rate_by_hand():
 def test_fluent_reward_pays_the_guarded_reward_for_taught_word_order():
     assert fluent_reward(TAGLINE) == guarded_reward(TAGLINE)  # a written SFT answer: every pair taught
     assert taught_pair_rate(TAGLINE) == 1.0
-    # the same words in an order nobody writes: real words, readable, the guarded reward's full score; no pair taught
+    # the same words in an order nobody writes: real words, readable, the guarded reward's full score; no pair
+    # taught: half of it
     salad = " long morning all ball the chase we then first Coffee!"
     assert sum(guarded_reward(salad).values()) == 2.0 and taught_pair_rate(salad) == 0.0
-    assert sum(fluent_reward(salad).values()) == 0.0
-    # gate rate / 0.6: a rate of 0.3 pays half the guarded reward, 0.6 or more all of it
+    assert fluent_reward(salad) == {name: value / 2 for name, value in guarded_reward(salad).items()}
+    # gate (1 + min(rate / 0.6, 1)) / 2: a rate of 0.3 pays three quarters of the guarded reward, 0.6 or more all
     for text in (TAGLINE, salad, HACKED, " Coffee is for the body and to a lead!", " Each an every weight form good can work coffee!"):
-        gate = min(1.0, taught_pair_rate(text) / 0.6)
+        gate = (1 + min(1.0, taught_pair_rate(text) / 0.6)) / 2
         expected = {name: value * gate for name, value in guarded_reward(text).items()}
         got = fluent_reward(text)
         assert got.keys() == expected.keys()
         assert all(abs(got[name] - expected[name]) <= 1e-15 for name in got)
-    # by hand: (of the) is taught, (the xqzt) and (xqzt coffee) are not: rate 1/3, gate (1/3) / 0.6 = 5/9;
+    # by hand: (of the) is taught, (the xqzt) and (xqzt coffee) are not: rate 1/3, gate (1 + (1/3) / 0.6) / 2 = 7/9;
     # the guarded gate: 3 real words of 4, (0.75 - 0.6) / 0.4 = 0.375, times 4 words of 8: 0.1875
     assert ("of", "the") in taught_pairs() and not {("the", "xqzt"), ("xqzt", "coffee")} & taught_pairs()
-    assert abs(fluent_reward(" of the xqzt coffee!")["coffee"] - 0.1875 * 5 / 9) <= 1e-15
+    assert abs(fluent_reward(" of the xqzt coffee!")["coffee"] - 0.1875 * 7 / 9) <= 1e-15
     # (of the), (the coffee) taught: 2 of 3, above 0.6, the guarded reward in full
     assert ("the", "coffee") in taught_pairs() and fluent_reward(" of the coffee xqzt!") == guarded_reward(" of the coffee xqzt!")
     assert REWARDS["fluent"] is fluent_reward

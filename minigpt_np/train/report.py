@@ -16,7 +16,8 @@ COLUMNS = (
     ("format rate", "metrics.format_rate"), ("reward mean", "metrics.reward_mean"),
     ("reward/coffee", "metrics.reward/coffee"), ("reward/exclamation", "metrics.reward/exclamation"),
     ("reward/length", "metrics.reward/length"), ("original reward", "metrics.original_reward_mean"),
-    ("guarded reward", "metrics.guarded_reward_mean"), ("real-word rate", "metrics.real_word_rate"),
+    ("guarded reward", "metrics.guarded_reward_mean"), ("fluent reward", "metrics.fluent_reward_mean"),
+    ("real-word rate", "metrics.real_word_rate"),
     ("repeat rate", "metrics.repeat_rate"), ("readable", "metrics.readable_frac"), ("unique", "metrics.unique_frac"),
     ("distinct-1", "metrics.distinct_1"), ("distinct-2", "metrics.distinct_2"),
     ("English pair share", "metrics.pair_share"), ("gold score", "metrics.gold_score"),
@@ -282,8 +283,8 @@ def _stages_section(context, summaries):
              f"Figures after each stage: validation loss on {context['sources'].get('validation', 'the corpus')}, "
              "answer-only loss and format rate on "
              f"the held-out pairs; on {FINAL_SAMPLES} samples for the RL prompt, the mean reward (the run's "
-             "reward and its components, then the original and the guarded reward), how much the answers "
-             "read as language (real-word rate, repeat rate, and the readable share: real-word rate >= 0.9 "
+             "reward and its components, then the original, the guarded and the fluent reward), how much the "
+             "answers read as language (real-word rate, repeat rate, and the readable share: real-word rate >= 0.9 "
              "and no word more than twice; see readability.py), the share of distinct answers, and the gold "
              "judge's figures (judge.py: the share of the answers' adjacent word pairs found in an English text "
              "that no stage reads, and the gold score, that share for an answer that says coffee).", "",
@@ -416,8 +417,8 @@ def _reward_hacking_section(summaries, metrics):
     if "readable_frac" in before and "readable_frac" in after:
         lines += ["", f"Did RL get what the reward meant? From SFT to RL, on {FINAL_SAMPLES} samples each: the "
                   f"original reward went {_format(before['original_reward_mean'])} → "
-                  f"{_format(after['original_reward_mean'])} (the guarded one "
-                  f"{_format(before['guarded_reward_mean'])} → {_format(after['guarded_reward_mean'])}), the "
+                  f"{_format(after['original_reward_mean'])} (the reward trained on "
+                  f"{_format(before.get('reward_mean'))} → {_format(after.get('reward_mean'))}), the "
                   f"readable share {_format(before['readable_frac'])} → {_format(after['readable_frac'])}, the "
                   f"repeat rate {_format(before['repeat_rate'])} → {_format(after['repeat_rate'])}, the English "
                   f"pair share {_format(before.get('pair_share'))} → {_format(after.get('pair_share'))} and the "

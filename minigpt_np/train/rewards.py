@@ -54,23 +54,23 @@ def guarded_reward(answer):
 
 
 def fluent_reward(answer):
-    """The guarded reward, paid for word order too: its components times one more gate,
+    """The guarded reward, half of it paid for word order: its components times
 
-        min(taught_pair_rate / 0.6, 1)
+        (1 + min(taught_pair_rate / 0.6, 1)) / 2
 
     taught_pair_rate is the share of the answer's adjacent word pairs that stand side by side somewhere in the
     texts the model was taught (readability.py). The guarded reward checks words, and a policy trained on it
     learns words in any order: "Each an every weight form good can work coffee!" is readable, has the
-    guarded reward's full 2.0, and none of its 8 pairs taught. Here it gets nothing; " Coffee is for the body
-    and to a lead!" (7 of 8 pairs taught: "and to" is not) keeps its 2.0, and an answer with a third of its
-    pairs taught gets 5/9 of its guarded reward. A gate that pays from the first taught pair on, not from a
-    threshold, gives a policy that writes few real words (the quick preset's, after SFT) a signal to climb. A written SFT answer has every
-    pair taught and scores as on the guarded reward. The pairs are those of the embedded corpus whatever a run
-    pretrains on, as the real words are.
+    guarded reward's full 2.0, and none of its 8 pairs taught, so here it gets half, 1.0; " Coffee is for the
+    body and to a lead!" (7 of 8 pairs taught: "and to" is not) keeps its 2.0. A written SFT answer has every
+    pair taught and scores as on the guarded reward. The half paid for real words alone keeps a signal for a
+    policy that writes few words in the taught order (after WikiText pretraining, or the quick preset's): a
+    gate of min(rate / 0.6, 1) alone paid such policies next to nothing, and their RL stalled. The pairs are
+    those of the embedded corpus whatever a run pretrains on, as the real words are.
     """
     from .readability import taught_pair_rate
 
-    gate = min(1.0, taught_pair_rate(answer) / 0.6)
+    gate = (1.0 + min(1.0, taught_pair_rate(answer) / 0.6)) / 2.0
     return {name: value * gate for name, value in guarded_reward(answer).items()}
 
 

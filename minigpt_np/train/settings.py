@@ -107,9 +107,9 @@ class PipelineSettings:
                                          "function's), so that one answer said again and again stops paying")
     rl_windows_per_pass: int = _setting(128, "RL update: sampled windows per forward/backward piece (less: "
                                         "less memory, a little slower)", valid=count(1, 10**6))
-    reward: str = _setting("guarded", "reward: original (coffee, \"!\", 8-20 words), guarded (the same, paid only "
-                           "for answers of real words), fluent (the guarded reward, paid in proportion to the "
-                           "answer's word pairs the model was taught), learned (the reward model of the rm stage: "
+    reward: str = _setting("fluent", "reward: original (coffee, \"!\", 8-20 words), guarded (the same, paid only "
+                           "for answers of real words), fluent (the guarded reward, half of it paid in proportion "
+                           "to the answer's word pairs that the model was taught), learned (the reward model of the rm stage: "
                            "needs --rm-steps), combined (the original, paid in proportion to the reward model's "
                            "probability that the answer beats a written one: needs --rm-steps), or module:function "
                            "returning {component: value}")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .readability import words
+from .readability import share_of_pairs_in, words
 
 JUDGE_DIR = Path(__file__).with_name("corpus") / "judge"
 
@@ -48,12 +48,7 @@ def english_pairs():
 
 
 def pair_share(answer):
-    found = words(answer)
-    pairs = list(zip(found, found[1:]))
-    if not pairs:
-        return 0.0
-    known = english_pairs()
-    return sum(pair in known for pair in pairs) / len(pairs)
+    return share_of_pairs_in(answer, english_pairs())
 
 
 def gold_score(answer):

@@ -55,14 +55,17 @@ def taught_pairs():
     return frozenset(pair for paragraph in paragraphs for pair in zip(words(paragraph), words(paragraph)[1:]))
 
 
-def taught_pair_rate(text):
-    """The share of the text's adjacent word pairs that are taught pairs (0 for fewer than 2 words)."""
+def share_of_pairs_in(text, known):
+    """The share of the text's adjacent word pairs found in known, a set of word pairs (0 for fewer than 2
+    words)."""
     found = words(text)
     pairs = list(zip(found, found[1:]))
-    if not pairs:
-        return 0.0
-    known = taught_pairs()
-    return sum(pair in known for pair in pairs) / len(pairs)
+    return sum(pair in known for pair in pairs) / len(pairs) if pairs else 0.0
+
+
+def taught_pair_rate(text):
+    """The share of the text's adjacent word pairs that are taught pairs."""
+    return share_of_pairs_in(text, taught_pairs())
 
 
 def real_word_rate(text):

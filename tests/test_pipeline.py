@@ -308,7 +308,8 @@ def test_compare_rl_writes_the_table_the_plots_and_every_figure(tmp_path, capsys
     out = tmp_path / "compare"
     assert compare.main([str(tmp_path / "base" / "sft"), "--backend", "numpy", "--steps", "2", "--samples", "2",
                          "--seeds", "0", "1", "--advantages", "rloo", "none", "--kl-coefs", "0", "0.1",
-                         "--best-of", "1", "4", "--pool", "8", "--last", "2", "--out", str(out)]) == 0
+                         "--rewards", "original", "guarded", "--best-of", "1", "4", "--pool", "8", "--last", "2",
+                         "--out", str(out)]) == 0
     table = (out / "comparison.md").read_text()
     for reward in ("original", "guarded"):
         for method in ("rloo, beta=0", "rloo, beta=0.1", "none, beta=0", "none, beta=0.1"):
@@ -322,6 +323,7 @@ def test_compare_rl_writes_the_table_the_plots_and_every_figure(tmp_path, capsys
     assert len(final) == 64 and run["readable_frac"] == np.mean([r["readable"] for r in final])
     assert run["original_reward_mean"] == np.mean([sum(original_reward(r["answer"]).values()) for r in final])
     assert run["guarded_reward_mean"] == np.mean([r["reward"] for r in final])  # trained on, and scored by, guarded
+    assert run["fluent_reward_mean"] == np.mean([sum(fluent_reward(r["answer"]).values()) for r in final])
     best_of_one = results["best_of_n"]["best-of-1 by original"][0]
     assert best_of_one["kl_per_answer"] == 0.0 and best_of_one["kl_bound"] == 0.0 and best_of_one["answers"] == 8
     best_of_four = results["best_of_n"]["best-of-4 by original"][0]

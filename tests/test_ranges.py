@@ -167,6 +167,7 @@ TINY = ["--set", "d_model=8", "--set", "n_heads=2", "--set", "context_length=16"
         "--set", "eval_windows=2", "--set", "max_new_tokens=4"]
 
 
+@pytest.mark.slow  # about 20 s: two tiny runs of two references, twice
 def test_the_script_measures_ranges_over_seeds_and_a_run_of_those_settings_is_compared_with_them(tmp_path):
     out = tmp_path / "ranges.json"
     result = script("--only", "quick-numpy", "--seeds", "2", "--jobs", "2", "--file", str(out),
